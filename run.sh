@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The project's single entry point. Each command sets up its environment on first use (a local
+# virtual environment in .venv, reinstalled only when pyproject.toml changes) and is idempotent.
+#
+#   ./run.sh main [PROFILE]   build the synthetic benchmark and execute the notebooks into outputs/PROFILE/
+#   ./run.sh test             lint + the test suite (what CI runs)
+#   ./run.sh lab              register the project's Jupyter kernel and open JupyterLab
+#   ./run.sh setup            only create / update the environment
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="${MTL_CORE_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+say() { printf '\033[1m[mtl_core]\033[0m %s\n' "$*"; }
+
+find_python() {
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+setup() {
+  local stamp="$VENV/.installed" want
+  want=$(sha256sum pyproject.toml | cut -c1-16)
+  if [ -x "$PY" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    say "environment $VENV is up to date"
+    return 0
+  fi
+  if [ ! -x "$PY" ]; then
+    local base
+    base=$(find_python) || { echo "error: Python 3.11 is required (python3.11 not found on PATH)" >&2; exit 1; }
+    say "creating virtual environment $VENV with $base"
+    "$base" -m venv "$VENV"
+  fi
+  say "installing mtl_core and its pinned dependencies (first time: several minutes; log: $VENV/install.log)"
+  if ! "$PY" -m pip install --disable-pip-version-check -e ".[dev]" >"$VENV/install.log" 2>&1; then
+    tail -n 30 "$VENV/install.log" >&2
+    echo "error: installation failed, see $VENV/install.log" >&2
+    exit 1
+  fi
+  echo "$want" >"$stamp"
+  say "environment ready"
+}
+
+main_job() {
+  local profile="${1:-quick}" out="outputs/${1:-quick}"
+  setup
+  say "building the synthetic benchmark (profile $profile)"
+  "$PY" -m mtl_core data --profile "$profile"
+  mkdir -p "$out"
+  say "executing notebooks/00_data_tour.ipynb -> $out/"
+  "$VENV/bin/papermill" --cwd "$ROOT" notebooks/00_data_tour.ipynb "$out/00_data_tour.ipynb" \
+    -p profile "$profile" -p output_dir "$out/00_data_tour" --progress-bar
+  say "done: executed notebooks and figures are in $out/"
+}
+
+run_tests() {
+  setup
+  say "ruff check"
+  "$VENV/bin/ruff" check mtl_core tests
+  say "pytest"
+  "$PY" -m pytest -n 2 --dist loadfile "$@"
+}
+
+lab() {
+  setup
+  say "registering the Jupyter kernel 'mtl_core'"
+  "$PY" -m ipykernel install --user --name mtl_core --display-name "Python (mtl_core)" >/dev/null
+  exec "$VENV/bin/jupyter" lab --notebook-dir "$ROOT/notebooks"
+}
+
+case "${1:-}" in
+  main) shift; main_job "$@" ;;
+  test) shift; run_tests "$@" ;;
+  lab) lab ;;
+  setup) setup ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
