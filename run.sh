@@ -12,7 +12,7 @@ ROOT=$(pwd)
 VENV="${MTL_CORE_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
-say() { printf '\033[1m[mtl_core]\033[0m %s\n' "$*"; }
+say() { if [ -t 1 ]; then printf '\033[1m[mtl_core]\033[0m %s\n' "$*"; else printf '[mtl_core] %s\n' "$*"; fi; }
 
 find_python() {
   for candidate in python3.11 python3 python; do

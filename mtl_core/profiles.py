@@ -24,7 +24,8 @@ def get_profile(name: str) -> dict:
     return dict(PROFILES[name])
 
 
-def benchmark(profile: str, split: str = "train", domain: str = "render", seed: int = 0, **kwargs) -> SyntheticScenes:
+def benchmark(profile: str, split: str = "train", domain: str = "render", seed: int = 0,
+              **kwargs) -> SyntheticScenes:
     """The synthetic benchmark split of a profile (built and cached on first use)."""
     p = get_profile(profile)
     num = p["num_train"] if split == "train" else p["num_val"]

@@ -16,7 +16,7 @@ def test_environment_yml_pins_match_pyproject():
     assert "python=3.11" in env["dependencies"]
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     pins = {line for line in pip_section if not line.startswith("-e")}
-    assert pins == wanted, f"only in environment.yml: {pins - wanted}; only in pyproject.toml: {wanted - pins}"
+    assert pins == wanted, f"only in environment.yml: {pins - wanted}; only in pyproject: {wanted - pins}"
     assert "-e ." in pip_section, "environment.yml must install the project itself"
 
 

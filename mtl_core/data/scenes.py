@@ -545,8 +545,16 @@ def sample_camera(rng: np.random.Generator, scene: Scene) -> Camera:
         # keep the camera out of furniture: it must not stand inside any part's bounding circle
         clear = all(math.hypot(c[0] - x, c[2] - z) > _bound_radius(p) + 0.15 for c, p in obstacles
                     if c[1] - 0.05 < height)
-        if clear:
-            return look_camera((x, height, z), yaw + rng.normal(0, 0.3), rng.uniform(0.12, 0.45))
+        if not clear:
+            continue
+        pitch = rng.uniform(0.12, 0.45)
+        if obstacles and rng.random() < 0.8:  # frame a piece of furniture, as a photographer would
+            target = obstacles[int(rng.integers(len(obstacles)))][0]
+            dx, dz = target[0] - x, target[2] - z
+            if math.hypot(dx, dz) > 0.8:
+                yaw = math.atan2(dx, dz)
+                pitch = float(np.clip(math.atan2(height - target[1], math.hypot(dx, dz)), 0.1, 0.6))
+        return look_camera((x, height, z), yaw + rng.normal(0, 0.2), pitch + rng.normal(0, 0.05))
     return look_camera((0.0, 1.5, 0.0), rng.uniform(-math.pi, math.pi), 0.3)
 
 
