@@ -127,9 +127,7 @@ class RandomScaleCrop:
         keep = None
         if "boxes" in out:
             b = out["boxes"] * torch.tensor([sx, sy, sx, sy]) - torch.tensor([x0, y0, x0, y0])
-            clipped = torch.stack(
-                [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], dim=1
-            )
+            clipped = torch.minimum(b.clamp(min=0), torch.tensor([w, h, w, h]))
             cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
             area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
             # A sliver left at the crop border is not a useful detection target.
@@ -137,7 +135,13 @@ class RandomScaleCrop:
             out["boxes"] = clipped[keep]
             if "labels" in out:
                 out["labels"] = out["labels"][keep]
-        self.last_params = {"scale": s, "size": (h2, w2), "factors": (sx, sy), "offset": (x0, y0), "keep": keep}
+        self.last_params = {
+            "scale": s,
+            "size": (h2, w2),
+            "factors": (sx, sy),
+            "offset": (x0, y0),
+            "keep": keep,
+        }
         return out
 
 
@@ -154,7 +158,7 @@ class PhotometricJitter:
     ):
         for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1] (factor drawn from [1 - x, 1 + x]), got {value}")
+                raise ValueError(f"`{name}` must be in [0, 1] (factor is drawn from 1 -/+ it), got {value}")
         if not 0.0 <= hue <= 0.5:
             raise ValueError(f"`hue` must be in [0, 0.5], got {hue}")
         _check_generator(generator)
