@@ -125,11 +125,12 @@ def _build(directory: Path, params: dict, num_samples: int, render: Callable[[in
             offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int64)
             np.save(tmp / f"{name}.npy", np.concatenate(values) if values else np.zeros((0,)))
             np.save(tmp / f"{name}__offsets.npy", offsets)
-        del fixed
+        fixed.clear()  # close the memory maps before hashing
         fields = {}
         for path in sorted(tmp.glob("*.npy")):
             array = np.load(path, mmap_mode="r")
-            fields[path.stem] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": _sha256(path)}
+            fields[path.stem] = {"shape": list(array.shape), "dtype": str(array.dtype),
+                                 "sha256": _sha256(path)}
         meta = {"params": params, "num_samples": num_samples, "fields": fields}
         with open(tmp / "meta.json", "w") as f:
             json.dump(meta, f, indent=1, default=str)

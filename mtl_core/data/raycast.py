@@ -121,7 +121,8 @@ def cast(scene: Scene, camera: Camera, size: tuple[int, int], intrinsics) -> dic
     dirs = pixel_rays(camera, size, intrinsics)
     origin = camera.position
     t, segment, normal = intersect_room(scene, origin, dirs)
-    room_material = np.array([0, scene.room_materials[0], scene.room_materials[2]] + [scene.room_materials[1]] * 4)
+    floor, wall, ceiling = scene.room_materials
+    room_material = np.array([0, floor, ceiling, wall, wall, wall, wall])  # indexed by segment id
     material = room_material[segment]
     winner = np.full(len(dirs), -1)
     for k, prim in enumerate(scene.primitives):
@@ -160,7 +161,8 @@ def albedo(scene: Scene, points: np.ndarray, normal: np.ndarray, material: np.nd
     # wood: boards of random brightness with a grain running along them
     board = np.floor(p[:, 0])
     zeros = np.zeros_like(board)
-    stripes = 0.6 * _hash_noise(np.stack([board, zeros, zeros], axis=1)) + 0.2 * (1 + np.sin(6 * np.pi * p[:, 2] + board))
+    brightness = _hash_noise(np.stack([board, zeros, zeros], axis=1))
+    stripes = 0.6 * brightness + 0.2 * (1 + np.sin(6 * np.pi * p[:, 2] + board))
     mod = np.where(pattern == STRIPES, 1 + strength * (stripes - 0.5) * 2, mod)
     # tiles: checker cells in the surface plane plus dark grout lines
     uvw = np.floor(p + 1e-4 * normal)

@@ -119,7 +119,8 @@ def bed(rng, variant=None):
 def chair(rng, variant=None):
     s, hs, hb = rng.uniform(0.4, 0.5), rng.uniform(0.42, 0.48), rng.uniform(0.35, 0.5)
     leg = s / 2 - 0.03
-    parts = [_box(0, hs - 0.025, 0, s / 2, 0.025, s / 2), _box(0, hs + hb / 2, -s / 2 + 0.025, s / 2, hb / 2, 0.025)]
+    parts = [_box(0, hs - 0.025, 0, s / 2, 0.025, s / 2),  # seat
+             _box(0, hs + hb / 2, -s / 2 + 0.025, s / 2, hb / 2, 0.025)]  # back
     parts += [_cyl(sx * leg, 0.0, sz * leg, 0.02, hs - 0.05, slot=1) for sx in (-1, 1) for sz in (-1, 1)]
     return Furniture(parts, (s / 2, s / 2), hs + hb)
 
@@ -169,7 +170,8 @@ def cabinet(rng, variant="low"):
         h += 0.04
     # handles: small bars on the front that make the front face recognisable
     for x in ((-w / 4, w / 4) if w > 0.8 else (0.0,)):
-        parts.append(_box(x, h * 0.7 if variant == "tall" else h - 0.12, d / 2 + 0.01, 0.06, 0.012, 0.012, slot=1))
+        y = h * 0.7 if variant == "tall" else h - 0.12
+        parts.append(_box(x, y, d / 2 + 0.01, 0.06, 0.012, 0.012, slot=1))
     return Furniture(parts, (w / 2, d / 2), h, top=None if variant == "tall" else h)
 
 
@@ -366,7 +368,9 @@ def _footprint_aabb(x, z, yaw, half):
 
 
 def _overlaps(a, b, margin=0.05):
-    return not (a[1] + margin <= b[0] or b[1] + margin <= a[0] or a[3] + margin <= b[2] or b[3] + margin <= a[2])
+    apart_x = a[1] + margin <= b[0] or b[1] + margin <= a[0]
+    apart_z = a[3] + margin <= b[2] or b[3] + margin <= a[2]
+    return not (apart_x or apart_z)
 
 
 @dataclass
@@ -496,7 +500,7 @@ def sample_scene(rng: np.random.Generator, room_type: int | None = None) -> Scen
     primitives, instance_class = [], []
     for k, p in enumerate(placed, start=1):
         slots = [len(materials), len(materials) + 1]
-        materials += [sample_material(rng, p.furniture.slot_palette[0]), sample_material(rng, p.furniture.slot_palette[1])]
+        materials += [sample_material(rng, palette) for palette in p.furniture.slot_palette]
         instance_class.append(CLASSES.index(p.cls))
         for part in p.furniture.parts:
             dx, dz = _rotate(p.yaw, part.center[0], part.center[2])

@@ -22,7 +22,7 @@ def kinect_depth(rng, depth: np.ndarray, normal_cam: np.ndarray, intrinsics) -> 
     """Holes (0) and depth-dependent noise, from clean z-depth (H, W) and camera-frame normals (H, W, 3)."""
     h, w = depth.shape
     fx = float(intrinsics[0])
-    valid = depth < rng.uniform(4.0, 5.5)  # out of range
+    valid = (depth > 0.5) & (depth < rng.uniform(4.0, 5.5))  # outside the Kinect's working range
     # grazing angles: the surface is seen nearly edge-on, the IR pattern smears out
     u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     rays = np.stack([(u - intrinsics[2]) / fx, (v - intrinsics[3]) / intrinsics[1], np.ones_like(u)], axis=-1)
@@ -70,7 +70,8 @@ def sensor_normals(depth: np.ndarray, intrinsics) -> np.ndarray:
     step = max(1, round(depth.shape[1] / 96))
     valid = (depth > 0).astype(np.float64)
     sigma = 0.7 * step
-    smooth = ndimage.gaussian_filter(depth * valid, sigma) / np.maximum(ndimage.gaussian_filter(valid, sigma), 1e-6)
+    weight = np.maximum(ndimage.gaussian_filter(valid, sigma), 1e-6)
+    smooth = ndimage.gaussian_filter(depth * valid, sigma) / weight
     # keep only pixels where smoothing did not blend across a depth discontinuity
     smooth = np.where((depth > 0) & (np.abs(smooth - depth) < 0.03 * np.maximum(depth, 1e-6)), smooth, 0.0)
     return normals_from_depth(smooth, intrinsics, step=step, max_jump=0.08)

@@ -221,7 +221,8 @@ class SyntheticScenes(Dataset):
         if not 0.0 <= float(missing_fraction) <= 1.0:
             raise ValueError(f"missing_fraction={missing_fraction!r}: expected a value in [0, 1]")
         if domain == "render" and missing_fraction > 0:
-            raise ValueError("missing_fraction > 0 needs domain='sensor': the render domain is fully annotated")
+            raise ValueError("missing_fraction > 0 needs domain='sensor' "
+                             "(the render domain is fully annotated)")
         if min_box_pixels is None:
             min_box_pixels = max(16, math.ceil(0.003 * size[0] * size[1]))
         self.spec = RenderSpec(split, size, domain, int(seed), float(missing_fraction), int(min_box_pixels),
