@@ -1,0 +1,127 @@
+"""Backbones behind one multi-scale contract (like timm's `features_only`).
+
+`backbone(images)` returns a list of 4 feature maps; `backbone.channels` and `backbone.strides`
+describe them (strides 4, 8, 16, 32, or 4, 8, 16, 16 for a ResNet with a dilated last stage).
+
+- `cnn`: a small plain CNN built for the CPU at the synthetic benchmark's size (the default).
+  Its 32-256-channel 3x3 convolutions keep the matrix units busy, where HRNet's many 18-36-channel
+  branches are overhead-bound on a CPU (DESIGN.md: ~2-4x faster per image at 64x64).
+- `hrnet_w18_small_v2`: the MTI-Net paper's backbone, from timm (random init unless `checkpoint`).
+- `resnet18` / `resnet50`: torchvision; `dilated=True` keeps the last stage at stride 16 as ROCK does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SimpleCNN(nn.Module):
+    """A stem to 1/4 followed by three stride-2 stages: maps at 1/4, 1/8, 1/16, 1/32.
+
+    `dilated=True` keeps the last stage at 1/16 (stride 1, dilation 2), like ROCK's dilated ResNet:
+    a detector on a 64x64 image then gets a 4x4 base map instead of 2x2.
+    """
+
+    def __init__(self, widths: tuple[int, int, int, int] = (32, 64, 128, 256), blocks_per_stage: int = 2,
+                 dilated: bool = False):
+        super().__init__()
+        half = widths[0] // 2
+        self.stem = nn.Sequential(conv_bn_relu(3, half, 2), conv_bn_relu(half, widths[0], 2))
+        stages, cin = [], widths[0]
+        for i, cout in enumerate(widths):
+            last_dilated = dilated and i == len(widths) - 1
+            stride = 1 if i == 0 or last_dilated else 2
+            dilation = 2 if last_dilated else 1
+            layers = [conv_bn_relu(cin, cout, stride, dilation)]
+            layers += [conv_bn_relu(cout, cout, dilation=dilation) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.channels = list(widths)
+        self.strides = [4, 8, 16, 16 if dilated else 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class TimmHRNet(nn.Module):
+    """timm's HRNet with `features_only=True, feature_location=''`: its 4 branches (18/36/72/144 ch)."""
+
+    def __init__(self, name: str = "hrnet_w18_small_v2", checkpoint: str | None = None):
+        super().__init__()
+        import timm
+
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file (weights are never downloaded)")
+        self.body = timm.create_model(name, pretrained=checkpoint is not None, features_only=True,
+                                      feature_location="", out_indices=(1, 2, 3, 4),
+                                      pretrained_cfg_overlay={"file": checkpoint} if checkpoint else None)
+        self.channels = list(self.body.feature_info.channels())
+        self.strides = list(self.body.feature_info.reduction())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision ResNet layers 1-4; `dilated=True` replaces the last stride by dilation (stride 16)."""
+
+    def __init__(self, name: str = "resnet50", dilated: bool = False, checkpoint: str | None = None):
+        super().__init__()
+        import torchvision
+
+        dilation = [False, False, dilated] if name == "resnet50" else None
+        net = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=dilation)
+        if name == "resnet18" and dilated:
+            # BasicBlock ResNets do not support dilation in torchvision: dilate layer4 by hand
+            net.layer4[0].conv1.stride = (1, 1)
+            net.layer4[0].downsample[0].stride = (1, 1)
+            for block in net.layer4:
+                for conv in (block.conv1, block.conv2):
+                    if conv.stride == (1, 1):
+                        conv.dilation, conv.padding = (2, 2), (2, 2)
+        if checkpoint is not None:
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file "
+                                        "(weights are never downloaded)")
+            net.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        widths = [64, 128, 256, 512] if name == "resnet18" else [256, 512, 1024, 2048]
+        self.channels = widths
+        self.strides = [4, 8, 16, 16 if dilated else 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+BACKBONES = {
+    "cnn": SimpleCNN,
+    "hrnet_w18_small_v2": lambda **kw: TimmHRNet("hrnet_w18_small_v2", **kw),
+    "resnet18": lambda **kw: TorchvisionResNet("resnet18", **kw),
+    "resnet50": lambda **kw: TorchvisionResNet("resnet50", **kw),
+}
+
+
+def build_backbone(name: str, **options) -> nn.Module:
+    if name not in BACKBONES:
+        raise ValueError(f"backbone={name!r}: unknown backbone; choose from {sorted(BACKBONES)}")
+    return BACKBONES[name](**options)

@@ -1,0 +1,66 @@
+"""Building blocks shared by the model families (one definition each)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: 3x3-BN-ReLU-3x3-BN + shortcut (1x1 conv + BN when the width changes)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Identity() if cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x), inplace=True)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel re-weighting: GAP -> Linear C->C/r -> ReLU -> Linear -> sigmoid (Hu et al. 2018)."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.fc(x.mean(dim=(2, 3)))
+        return x * weights[:, :, None, None]
+
+
+class DenseHead(nn.Module):
+    """1x1 conv -> BN -> ReLU -> 1x1 conv to the task's channels (HRNet / MTI-Net output head)."""
+
+    def __init__(self, cin: int, cout: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or cin
+        self.body = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, cout, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class SceneHead(nn.Module):
+    """Global average pooling -> linear classifier, for image-level tasks (scene type)."""
+
+    def __init__(self, cin: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,179 @@
+"""Masked task losses (mtl_core.tasks) and deep supervision (mtl_core.losses.task_losses).
+
+Detection is left out: its loss is tested with the detector.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtl_core.losses import task_losses
+from mtl_core.tasks import make_tasks
+
+DENSE = ["semseg", "depth", "normals", "edge", "sal"]
+ALL = DENSE + ["scene"]
+TASKS = make_tasks(ALL)
+B, H, W = 2, 16, 16
+
+
+def make_batch(seed=0):
+    """A fully annotated batch following the batch-dict conventions."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.rand(B, 3, H, W, generator=g),
+        "semseg": torch.randint(0, TASKS["semseg"].channels, (B, H, W), generator=g),
+        "depth": torch.rand(B, 1, H, W, generator=g) * 5 + 0.5,
+        "normals": F.normalize(torch.randn(B, 3, H, W, generator=g), dim=1),
+        "edge": (torch.rand(B, 1, H, W, generator=g) > 0.8).float(),
+        "sal": (torch.rand(B, 1, H, W, generator=g) > 0.5).float(),
+        "scene": torch.randint(0, TASKS["scene"].channels, (B,), generator=g),
+    }
+
+
+def make_pred(task, seed=1, scale=1):
+    """A leaf prediction tensor for `task` (dense ones at 1/scale resolution)."""
+    g = torch.Generator().manual_seed(seed)
+    c = TASKS[task].channels
+    shape = (B, c) if task == "scene" else (B, c, H // scale, W // scale)
+    pred = torch.randn(shape, generator=g)
+    if task == "depth":
+        pred = pred.abs() * 3
+    return pred.requires_grad_(True)
+
+
+def mark_missing(batch, task, where):
+    """Mark the annotations of `task` missing where the (B, H, W) / (B,) bool mask `where` is set."""
+    batch = dict(batch)
+    target = batch[task].clone()
+    if task == "semseg":
+        target[where] = 255
+    elif task == "scene":
+        target[where] = -1
+    elif task in ("depth", "normals"):  # depth 0, normals all-zero vector
+        target.masked_fill_(where[:, None], 0.0)
+    else:  # edge, sal
+        target.masked_fill_(where[:, None], 255.0)
+    batch[task] = target
+    return batch
+
+
+def loss_and_grad(task, pred, batch):
+    loss = TASKS[task].loss(pred, batch)
+    loss.backward()
+    return loss, pred.grad
+
+
+def pixel_grad(grad):
+    """Gradient magnitude per pixel (B, H, W), or per sample (B,) for scene, summed over channels."""
+    return grad.abs().sum(dim=1)
+
+
+@pytest.mark.parametrize("task", ALL)
+def test_all_missing_gives_exact_zero_and_zero_gradient(task):
+    where = torch.ones(B, dtype=torch.bool) if task == "scene" else torch.ones(B, H, W, dtype=torch.bool)
+    batch = mark_missing(make_batch(), task, where)
+    pred = make_pred(task)
+    loss, grad = loss_and_grad(task, pred, batch)
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+    assert grad is not None and torch.equal(grad, torch.zeros_like(pred))
+
+
+@pytest.mark.parametrize("task", ALL)
+def test_a_missing_sample_is_as_if_absent(task):
+    # sample 1 entirely unannotated: the loss is that of sample 0 alone, sample 1 gets no gradient
+    where = torch.tensor([False, True])
+    if task != "scene":
+        where = where[:, None, None].expand(B, H, W)
+    batch = mark_missing(make_batch(), task, where)
+    pred = make_pred(task)
+    loss, grad = loss_and_grad(task, pred, batch)
+    alone = TASKS[task].loss(pred[:1], {k: v[:1] for k, v in batch.items()})
+    assert loss.item() == pytest.approx(alone.item(), rel=1e-6)
+    assert torch.equal(grad[1], torch.zeros_like(grad[1]))
+    assert (pixel_grad(grad[:1]) > 0).all()
+
+
+def restrict(tensor, valid):
+    """The valid pixels of a (B, C, H, W) map (or (B, H, W) semseg labels) as a one-row image
+    (1, C, 1, N): the same batch restricted to its annotated pixels."""
+    if tensor.dim() == 3:
+        return tensor[valid].reshape(1, 1, -1)
+    return tensor.movedim(1, -1)[valid].T.reshape(1, tensor.shape[1], 1, -1)
+
+
+@pytest.mark.parametrize("task", DENSE)
+def test_partially_missing_pixels(task):
+    where = torch.rand(B, H, W, generator=torch.Generator().manual_seed(2)) < 0.4
+    batch = mark_missing(make_batch(), task, where)
+    pred = make_pred(task)
+    loss, grad = loss_and_grad(task, pred, batch)
+
+    # the same as the loss on the annotated pixels only
+    valid = ~where
+    restricted_batch = {task: restrict(batch[task], valid)}
+    restricted = TASKS[task].loss(restrict(pred.detach(), valid), restricted_batch)
+    assert loss.item() == pytest.approx(restricted.item(), rel=1e-5)
+
+    # predictions at missing pixels do not matter
+    other = pred.detach() + torch.where(where[:, None], 7.0 * torch.randn_like(pred), 0.0)
+    assert TASKS[task].loss(other, batch).item() == pytest.approx(loss.item(), rel=1e-6)
+
+    # gradient: exactly zero at the missing pixels, nonzero at every annotated one
+    magnitude = pixel_grad(grad)
+    assert torch.equal(magnitude[where], torch.zeros_like(magnitude[where]))
+    assert (magnitude[valid] > 0).all()
+
+
+def test_partially_missing_scene_labels():
+    batch = mark_missing(make_batch(), "scene", torch.tensor([True, False]))
+    pred = make_pred("scene")
+    loss, grad = loss_and_grad("scene", pred, batch)
+    assert loss.item() == pytest.approx(F.cross_entropy(pred[1:], batch["scene"][1:]).item(), rel=1e-6)
+    assert torch.equal(grad[0], torch.zeros_like(grad[0])) and (grad[1].abs() > 0).all()
+
+
+def test_depth_loss_is_the_mean_absolute_error_of_valid_pixels():
+    gt = torch.tensor([[[[1.0, 2.0], [4.0, 0.0]]]])
+    pred = torch.tensor([[[[2.0, 2.0], [1.0, 9.0]]]])
+    assert TASKS["depth"].loss(pred, {"depth": gt}).item() == pytest.approx((1 + 0 + 3) / 3)
+
+
+@pytest.mark.parametrize("task", DENSE)
+def test_quarter_resolution_predictions_are_upsampled(task):
+    batch = make_batch()
+    pred = make_pred(task, scale=4)
+    loss, grad = loss_and_grad(task, pred, batch)
+    upsampled = F.interpolate(pred.detach(), size=(H, W), mode="bilinear", align_corners=False)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(TASKS[task].loss(upsampled, batch).item(), rel=1e-5)
+    assert grad.shape == pred.shape and grad.abs().sum() > 0
+
+
+def test_bf16_predictions_give_a_float32_loss():
+    loss = TASKS["depth"].loss(make_pred("depth").detach().bfloat16(), make_batch())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_task_losses_sums_deep_supervision_and_handles_auxiliary_tasks():
+    batch = make_batch()
+    tasks = {name: TASKS[name] for name in ("depth", "edge")}
+    final = make_pred("depth", seed=3)
+    deep1, deep2 = make_pred("depth", seed=4, scale=2), make_pred("depth", seed=5, scale=4)
+    edge_deep = make_pred("edge", seed=6, scale=4)
+    # edge is an auxiliary task: predicted only at an intermediate scale
+    outputs = {"depth": final, "deep": [{"depth": deep1}, {"depth": deep2, "edge": edge_deep}]}
+    losses = task_losses(outputs, batch, tasks)
+    assert set(losses) == {"depth", "edge"}
+    expected = sum(TASKS["depth"].loss(p, batch) for p in (final, deep1, deep2))
+    assert losses["depth"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses["edge"].item() == pytest.approx(TASKS["edge"].loss(edge_deep, batch).item(), rel=1e-6)
+    (losses["depth"] + losses["edge"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (final, deep1, deep2, edge_deep))
+    # no deep list: just the final prediction
+    assert task_losses({"depth": final}, batch, {"depth": TASKS["depth"]})["depth"].item() == pytest.approx(
+        TASKS["depth"].loss(final, batch).item())
+
+
+def test_task_losses_reports_a_task_without_prediction():
+    with pytest.raises(KeyError, match="sal"):
+        task_losses({"depth": make_pred("depth"), "deep": []}, make_batch(), {"sal": TASKS["sal"]})

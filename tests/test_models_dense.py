@@ -1,0 +1,279 @@
+"""Dense multi-task models: the output contract, gradients, MTI-Net's switches, sizes of the NYUD builds."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtl_core.losses import task_losses
+from mtl_core.models import build_model, model_summary
+from mtl_core.models.heads import SqueezeExcitation
+from mtl_core.tasks import make_task, make_tasks
+
+DENSE = ["semseg", "depth", "normals", "edge"]
+SIZES = [(64, 64), (64, 96)]
+# the "cnn" backbone at half its default widths, and a narrow PAD-Net: same graphs, fast on 2 CPU cores
+SMALL = {"backbone": "cnn", "backbone_options": {"widths": (16, 32, 64, 128)}}
+OPTIONS = {"padnet": {"width": 32}}
+
+
+def build(name, task_names, **options):
+    return build_model(name, task_names, **SMALL, **OPTIONS.get(name, {}), **options)
+
+
+def make_batch(tasks, size, batch_size=2, seed=0):
+    """A random batch following the conventions (DESIGN.md), with some missing annotations."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    batch = {"image": torch.randn(batch_size, 3, h, w, generator=g)}
+    for name, spec in tasks.items():
+        if name == "semseg":
+            labels = torch.randint(0, spec.channels, (batch_size, h, w), generator=g)
+            labels[:, :3] = 255
+            batch[name] = labels
+        elif name == "depth":
+            depth = 0.5 + 5 * torch.rand(batch_size, 1, h, w, generator=g)
+            depth[..., :2, :] = 0
+            batch[name] = depth
+        elif name == "normals":
+            batch[name] = F.normalize(torch.randn(batch_size, 3, h, w, generator=g), dim=1)
+        elif name == "edge":
+            edge = (torch.rand(batch_size, 1, h, w, generator=g) < 0.1).float()
+            edge[..., :2] = 255
+            batch[name] = edge
+        elif name == "scene":
+            batch[name] = torch.randint(0, spec.channels, (batch_size,), generator=g)
+    return batch
+
+
+def wake_squeeze_excitation(model):
+    """FPM's squeeze-and-excitation has C/16 hidden units (2 at width 32): at random init all of them can
+    be dead ReLUs for a batch, which zeroes their gradients. A positive bias keeps them alive so that the
+    gradient checks test the wiring, not the luck of the initialisation."""
+    for module in model.modules():
+        if isinstance(module, SqueezeExcitation):
+            nn.init.constant_(module.fc[0].bias, 1.0)
+
+
+def train_step(model, tasks, size):
+    """Forward + backward of the summed task losses; returns the output and the losses."""
+    wake_squeeze_excitation(model)
+    batch = make_batch(tasks, size)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(batch["image"])
+    losses = task_losses(out, batch, tasks)
+    sum(losses.values()).backward()
+    return out, losses
+
+
+def assert_every_parameter_learns(model, unused=()):
+    """Every parameter gets a finite, nonzero gradient, except those listed as `unused` (name prefixes)."""
+    for name, p in model.named_parameters():
+        if name.startswith(tuple(unused)):
+            assert p.grad is None, f"{name}: listed as unused but has a gradient"
+            continue
+        assert p.grad is not None, f"{name}: no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}: zero gradient"
+
+
+def assert_contract(out, tasks, size, batch_size=2, auxiliary=()):
+    for name, spec in tasks.items():
+        if name in auxiliary:
+            assert name not in out, name
+            continue
+        if spec.kind == "dense":
+            assert out[name].shape == (batch_size, spec.channels, *size), name
+        else:
+            assert out[name].shape == (batch_size, spec.channels), name
+    assert isinstance(out["deep"], list)
+    for deep in out["deep"]:
+        for name, pred in deep.items():
+            assert pred.shape[:2] == (batch_size, tasks[name].channels) and pred.dim() == 4, name
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name, task_names", [
+    ("mtl_baseline", DENSE + ["scene"]), ("single_task", ["semseg"]), ("single_task", ["depth"]),
+    ("padnet", DENSE), ("mtinet", DENSE)], ids=lambda v: v if isinstance(v, str) else "+".join(v))
+def test_forward_backward(name, task_names, size):
+    tasks = make_tasks(task_names)
+    model = build(name, tasks)
+    out, losses = train_step(model, tasks, size)
+    assert_contract(out, tasks, size)
+    assert set(losses) == set(tasks) and all(torch.isfinite(v) for v in losses.values())
+    assert_every_parameter_learns(model)
+    expected_deep = {"mtl_baseline": 0, "single_task": 0, "padnet": 1, "mtinet": 4}[name]
+    assert len(out["deep"]) == expected_deep
+
+
+@pytest.mark.parametrize("options", [
+    {"fpm": False}, {"distillation": False}, {"deep_supervision": False}, {"aggregation": False},
+    {"num_scales": 1}, {"num_scales": 2}, {"num_scales": 3}, {"auxiliary_tasks": ("edge", "normals")}],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_mtinet_switches_train(options):
+    tasks = make_tasks(DENSE)
+    model = build("mtinet", tasks, **options)
+    out, losses = train_step(model, tasks, (64, 96))
+    assert_contract(out, tasks, (64, 96), auxiliary=options.get("auxiliary_tasks", ()))
+    # with fewer scales the plain CNN's coarser stages feed nothing (HRNet's branches would: they fuse)
+    unused = [f"backbone.stages.{i}." for i in range(options.get("num_scales", 4), 4)]
+    assert_every_parameter_learns(model, unused)
+    assert set(losses) == set(tasks)
+
+
+def parameter_names(model):
+    return {name for name, _ in model.named_parameters()}
+
+
+def test_fpm_switch_removes_exactly_the_fpm():
+    full, without = build("mtinet", DENSE), build("mtinet", DENSE, fpm=False)
+    removed = parameter_names(full) - parameter_names(without)
+    assert removed and all(n.startswith("fpm.") for n in removed)
+    assert parameter_names(without) <= parameter_names(full)
+    # the finer scales' task branches get only the backbone map: narrower first convolution
+    assert without.initial[0].features["semseg"][0].conv1.in_channels == 16
+    assert full.initial[0].features["semseg"][0].conv1.in_channels == 16 + 32
+
+
+def test_distillation_switch_removes_exactly_the_distillation():
+    full, without = build("mtinet", DENSE), build("mtinet", DENSE, distillation=False)
+    distillation = {n for n in parameter_names(full) if n.startswith("distillation.")}
+    assert distillation and parameter_names(full) - parameter_names(without) == distillation
+    assert parameter_names(without) <= parameter_names(full)
+    out = without(torch.randn(1, 3, 64, 64), return_features=True)
+    assert out["features"]["attention"] == [{}] * 4
+    for initial, scale in zip(out["features"]["initial"], out["features"]["scales"], strict=True):
+        assert all(scale[t] is initial[t] for t in DENSE)  # passed through undistilled
+
+
+def test_deep_supervision_switch():
+    model = build("mtinet", DENSE, deep_supervision=False)
+    assert model(torch.randn(1, 3, 64, 64))["deep"] == []
+    assert not any(".predictions." in n for n in parameter_names(model))
+    with pytest.raises(ValueError, match="deep_supervision"):
+        build("mtinet", DENSE, deep_supervision=False, auxiliary_tasks=("edge",))
+
+
+def test_num_scales_counts_from_the_finest():
+    sizes = {}
+    for k in (1, 2, 3, 4):
+        model = build("mtinet", DENSE, num_scales=k)
+        out = model(torch.randn(2, 3, 64, 96))
+        assert len(out["deep"]) == k
+        for s, deep in enumerate(out["deep"]):  # finest first: scale s has stride 4 * 2**s
+            assert set(deep) == set(DENSE)
+            assert deep["semseg"].shape[-2:] == (64 // (4 * 2**s), 96 // (4 * 2**s))
+        assert len(model.fpm) == k - 1 and len(model.distillation) == k
+        sizes[k] = sum(p.numel() for p in model.parameters())
+    assert sizes[1] < sizes[2] < sizes[3] < sizes[4]
+    with pytest.raises(ValueError, match="num_scales"):
+        build("mtinet", DENSE, num_scales=5)
+
+
+def test_aggregation_switch_uses_the_finest_scale_only():
+    full, single = build("mtinet", DENSE), build("mtinet", DENSE, aggregation=False)
+    assert full.aggregation.heads["depth"].body[0].in_channels == 16 + 32 + 64 + 128
+    assert single.aggregation.heads["depth"].body[0].in_channels == 16
+    # same head type; distillation only where its output is used (the 1/4 scale)
+    coarser = ("distillation.1.", "distillation.2.", "distillation.3.")
+    assert parameter_names(full) - parameter_names(single) == {
+        n for n in parameter_names(full) if n.startswith(coarser)}
+    features = single(torch.randn(1, 3, 64, 64), return_features=True)["features"]
+    assert len(features["scales"]) == len(features["attention"]) == 1 and len(features["initial"]) == 4
+
+
+def test_auxiliary_tasks_only_in_deep_supervision_and_still_learn():
+    tasks = make_tasks(DENSE)
+    model = build("mtinet", tasks, auxiliary_tasks=("edge", "normals"))
+    out, losses = train_step(model, tasks, (64, 64))
+    assert {"semseg", "depth"} <= set(out) and not {"edge", "normals"} & set(out)
+    assert all({"edge", "normals"} <= set(deep) for deep in out["deep"])
+    assert losses["edge"] > 0 and losses["normals"] > 0
+    # the auxiliary losses reach their own branches and, through FPM and distillation, shared layers
+    batch = make_batch(tasks, (64, 64))
+    model.zero_grad(set_to_none=True)
+    task_losses(model(batch["image"]), batch, {"edge": tasks["edge"]})["edge"].backward()
+    assert model.initial[0].predictions["edge"].weight.grad.abs().sum() > 0
+    assert model.backbone.stem[0][0].weight.grad.abs().sum() > 0
+    # auxiliary tasks send distillation messages but receive none, and have no final head
+    assert set(model.distillation[0].gate) == {"semseg", "depth"}
+    assert set(model.distillation[0].gate["semseg"]) == {"depth", "edge", "normals"}
+    assert set(model.aggregation.heads) == {"semseg", "depth"}
+    with pytest.raises(ValueError, match="sal"):
+        build("mtinet", DENSE, auxiliary_tasks=("sal",))
+
+
+def test_mtinet_features_structure():
+    model = build("mtinet", DENSE).eval()
+    with torch.no_grad():
+        features = model(torch.randn(2, 3, 64, 96), return_features=True)["features"]
+    widths, strides = (16, 32, 64, 128), (4, 8, 16, 32)
+    assert features["strides"] == list(strides)
+    for key in ("initial", "scales", "attention"):
+        assert len(features[key]) == 4, key
+    for s, (c, stride) in enumerate(zip(widths, strides, strict=True)):
+        shape = (2, c, 64 // stride, 96 // stride)
+        assert all(features["initial"][s][t].shape == shape for t in DENSE)
+        assert all(features["scales"][s][t].shape == shape for t in DENSE)
+        attention = features["attention"][s]
+        assert set(attention) == set(DENSE)
+        for target, sources in attention.items():
+            assert set(sources) == set(DENSE) - {target}
+            for gate in sources.values():
+                assert gate.shape == shape and gate.min() >= 0 and gate.max() <= 1
+    assert len(features["fpm_masks"]) == 3
+    for j, masks in enumerate(features["fpm_masks"]):  # entry j: the FPM at scale j + 1
+        c, stride = widths[j + 1], strides[j + 1]
+        assert set(masks) == set(DENSE)
+        assert all(m.shape == (2, c, 64 // stride, 96 // stride) for m in masks.values())
+        torch.testing.assert_close(sum(masks.values()), torch.ones(2, c, 64 // stride, 96 // stride))
+
+
+def test_padnet_features_structure():
+    model = build("padnet", DENSE).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64), return_features=True)
+    features = out["features"]
+    assert features["shared"].shape == (2, 16 + 32 + 64 + 128, 16, 16)
+    assert all(features["distilled"][t].shape == (2, 32, 16, 16) for t in DENSE)
+    assert set(out["deep"][0]) == set(DENSE)
+    for target, sources in features["attention"].items():
+        assert set(sources) == set(DENSE) - {target}
+        assert all(0 <= g.min() and g.max() <= 1 for g in sources.values())
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="no_such_model"):
+        build_model("no_such_model", DENSE)
+    with pytest.raises(ValueError, match="no_such_backbone"):
+        build_model("mtinet", DENSE, backbone="no_such_backbone")
+    with pytest.raises(ValueError, match="no_such_task"):
+        build_model("mtinet", ["semseg", "no_such_task"])
+    with pytest.raises(ValueError, match="60x64"):
+        build("mtl_baseline", ["semseg"])(torch.randn(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="detection"):
+        build("mtl_baseline", ["semseg", "detection"])
+    with pytest.raises(ValueError, match="exactly one task"):
+        build("single_task", ["semseg", "depth"])
+    for name in ("padnet", "mtinet"):
+        with pytest.raises(ValueError, match="'scene'"):
+            build(name, ["semseg", "scene"])
+
+
+def test_nyud_hrnet_sizes_match_the_official_code():
+    """HRNet-18 on NYUD (semseg 40 classes + depth) at 480x640 vs the official code (DESIGN.md)."""
+    tasks = {"semseg": make_task("semseg", num_classes=40), "depth": make_task("depth")}
+    official = {"mtinet": (8.58e6, 17.1), "padnet": (7.02e6, 70.3), "mtl_baseline": (4.02e6, 12.8)}
+    measured = {}
+    for name, (params, _) in official.items():
+        model = build_model(name, tasks, backbone="hrnet_w18_small_v2")
+        table = model_summary(model, input_size=(480, 640))
+        measured[name] = (table.loc["total", "params"], table.loc["total", "gmacs"])
+        print(f"{name}: {measured[name][0] / 1e6:.2f}M params, {measured[name][1]:.1f} GMACs "
+              f"(official {params / 1e6:.2f}M, {official[name][1]} GMACs)")
+        assert abs(measured[name][0] - params) / params < 0.15, name
+        assert abs(measured[name][1] - official[name][1]) / official[name][1] < 0.25, name
+    assert measured["padnet"][1] > 3 * measured["mtinet"][1]
+    assert measured["mtinet"][1] > measured["mtl_baseline"][1]
