@@ -469,6 +469,9 @@ _METERS = {
     "sal": lambda spec: SaliencyMeter(),
     "scene": lambda spec: SceneMeter(),
     "detection": lambda spec: DetectionMeter(spec.channels, class_names=spec.classes or None),
+    # human parts are a segmentation of their own label map: the same mIoU, on batch["human_parts"]
+    "human_parts": lambda spec: SemsegMeter(spec.channels, class_names=spec.classes or None,
+                                            key="human_parts"),
 }
 
 

@@ -44,12 +44,20 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def semseg_loss(pred: Tensor, batch: dict) -> Tensor:
-    target = batch["semseg"]
+def _masked_cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
     logits = _resize_like(pred, target).float()
     # ignored pixels get a dummy class 0 and are masked out; any other out-of-range label raises
     losses = F.cross_entropy(logits, torch.where(target == 255, 0, target), reduction="none")
     return _masked_mean(losses, target != 255)
+
+
+def semseg_loss(pred: Tensor, batch: dict) -> Tensor:
+    return _masked_cross_entropy(pred, batch["semseg"])
+
+
+def human_parts_loss(pred: Tensor, batch: dict) -> Tensor:
+    """Cross-entropy like semseg; images without a person are all 255 and contribute nothing."""
+    return _masked_cross_entropy(pred, batch["human_parts"])
 
 
 def depth_loss(pred: Tensor, batch: dict) -> Tensor:
@@ -98,8 +106,9 @@ def detection_loss(pred, batch: dict) -> Tensor:
     return multibox_loss(pred, batch)
 
 
-# Synthetic-benchmark class counts; real datasets pass their own (see make_tasks).
-DEFAULT_CLASSES = {"semseg": 13, "scene": 6, "detection": 10}
+# Default class counts: the synthetic benchmark's, and PASCAL's 6 human parts + background;
+# real datasets pass their own (see make_tasks).
+DEFAULT_CLASSES = {"semseg": 13, "scene": 6, "detection": 10, "human_parts": 7}
 
 _SPECS = {
     "semseg": dict(kind="dense", loss=semseg_loss, metrics=("miou", "pixel_acc"),
@@ -123,6 +132,9 @@ _SPECS = {
     "detection": dict(kind="detection", loss=detection_loss, metrics=("map50", "map"),
                       higher_is_better={"map50": True, "map": True}, primary="map50",
                       missing="no boxes (every image is annotated)", weight=1.0),
+    "human_parts": dict(kind="dense", loss=human_parts_loss, metrics=("miou", "pixel_acc"),
+                        higher_is_better={"miou": True, "pixel_acc": True}, primary="miou",
+                        missing="label 255 (ignore; all 255 when an image shows no person)", weight=2.0),
 }
 TASK_NAMES = tuple(_SPECS)
 
@@ -146,7 +158,8 @@ def make_task(name: str, num_classes: int | None = None, classes: Iterable[str] 
 
 def make_tasks(names: Iterable[str], dataset=None,
                weights: dict[str, float] | None = None) -> dict[str, TaskSpec]:
-    """Specs for `names`; class lists come from `dataset` (its classes / scene_classes / det_classes)."""
+    """Specs for `names`; class lists come from `dataset`'s classes / scene_classes / det_classes /
+    part_classes attributes, when it has them."""
     if isinstance(names, str):
         names = [names]
     names = list(names)
@@ -156,7 +169,8 @@ def make_tasks(names: Iterable[str], dataset=None,
         raise ValueError(f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"tasks: {names} lists a task twice")
-    class_attr = {"semseg": "classes", "scene": "scene_classes", "detection": "det_classes"}
+    class_attr = {"semseg": "classes", "scene": "scene_classes", "detection": "det_classes",
+                  "human_parts": "part_classes"}
     specs = {}
     for name in names:
         classes = tuple(getattr(dataset, class_attr.get(name, ""), ())) if dataset is not None else ()

@@ -46,3 +46,27 @@ def normals_from_depth(depth: np.ndarray, intrinsics, step: int = 1, max_jump: f
     n[facing] *= -1
     normals[c] = np.where(valid[..., None], n, 0.0)
     return normals.astype(np.float32)
+
+
+# NYUv2's Kinect colour camera (camera_params.m of the NYU toolbox), for 640x480 frames. The toolbox
+# back-projects MATLAB's 1-based pixel indices, which put the centre of the first pixel at 1; in
+# this module's convention that centre is at 0.5, hence the half-pixel shift of cx and cy.
+NYU_KINECT_SIZE = (480, 640)
+NYU_KINECT_INTRINSICS = (518.857901, 519.469611, 325.582449 - 0.5, 253.736166 - 0.5)
+
+
+def scale_intrinsics(intrinsics, from_size, to_size) -> np.ndarray:
+    """(fx, fy, cx, cy) of a camera whose image is resized from (H, W) `from_size` to `to_size`.
+
+    Resizing maps the pixel-edge coordinate x to x * W'/W (pixel centres stay pixel centres), so
+    focal lengths and the principal point scale alike.
+    """
+    (h, w), (h2, w2) = from_size, to_size
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    sx, sy = w2 / w, h2 / h
+    return np.array([fx * sx, fy * sy, cx * sx, cy * sy], dtype=np.float32)
+
+
+def nyu_intrinsics(size=NYU_KINECT_SIZE) -> np.ndarray:
+    """NYUv2 Kinect intrinsics for images of (H, W) `size`, assumed resized from the full 640x480 frame."""
+    return scale_intrinsics(NYU_KINECT_INTRINSICS, NYU_KINECT_SIZE, size)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 Sample = dict
-LABEL_KEYS = ("semseg", "edge", "sal", "instance")
+LABEL_KEYS = ("semseg", "edge", "sal", "instance", "human_parts")
 DENSE_KEYS = ("image", "depth", "normals", *LABEL_KEYS)
 
 
