@@ -1,15 +1,104 @@
-"""Command line: `python -m mtl_core <command> --help`."""
+"""Command line: `python -m mtl_core <command> --help`.
+
+    data     generate / verify the synthetic benchmark of a profile
+    train    train one config (or return its stored result); works under `torchrun --nproc_per_node N`
+    results  a table of the stored runs
+    suite    execute the notebook suite through papermill into outputs/<profile>/
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+import typing
+from dataclasses import MISSING, fields
 
 from .profiles import PROFILES, benchmark
 
+FIELD_HELP = {
+    "model": "registered model: mtl_baseline, single_task, padnet, mtinet, ssd, rock, flat_mtl",
+    "tasks": "tasks to learn: semseg depth normals edge sal scene detection",
+    "backbone": "cnn (small, CPU-fast), hrnet_w18_small_v2, resnet18, resnet50",
+    "backbone_options": 'JSON, e.g. \'{"dilated": true}\' or \'{"checkpoint": "path.pth"}\'',
+    "model_options": ('JSON, e.g. \'{"fpm": false, "num_scales": 3}\' for mtinet, '
+                      '\'{"fusion": "concat"}\' for rock'),
+    "dataset": "synthetic, nyud_mt, nyuv2_mat, nyuv2_mtan or pascal_mt (data/README.md: how to lay them out)",
+    "data_dir": "dataset folder (default data/<dataset>; synthetic: its cache folder)",
+    "dataset_options": ('JSON options of the dataset, '
+                        'e.g. \'{"class_mapping": "classMapping40.mat"}\' for nyuv2_mat'),
+    "size": "image height and width, multiples of 32",
+    "num_train": "training images (per training domain)",
+    "num_val": "validation images",
+    "train_domains": "synthetic domains to train on: render, sensor, or both (mixed real-like + clean data)",
+    "val_domain": "synthetic domain to validate on",
+    "missing_fraction": "sensor domain: probability that a sample misses each auxiliary annotation",
+    "data_seed": "seed of the generated scenes",
+    "augment": "flip / scale-crop / colour jitter during training (true/false)",
+    "weighting": "loss weighting: fixed, uncertainty, dwa, gradnorm, pcgrad, mgda, cagrad",
+    "weighting_options": 'JSON options of the weighting, e.g. \'{"alpha": 1.5}\'',
+    "loss_weights": 'JSON per-task loss weights, e.g. \'{"edge": 50}\' (default: the task spec\'s)',
+    "optimizer": "adam, adamw or sgd",
+    "lr": "learning rate",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule: cosine, poly, step, constant",
+    "epochs": "training epochs",
+    "batch_size": "global batch size (split over torchrun processes)",
+    "grad_clip": "max gradient norm (0 or none: no clipping)",
+    "precision": "auto (bf16 where fast), bf16 or fp32",
+    "eval_every": "evaluate every N epochs (and after the last)",
+    "seed": "seed of initialisation, shuffling and augmentation",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "0") else float(text)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        hint, option = hints[f.name], {}
+        if hint is dict:
+            option = {"type": _parse_json}
+        elif hint is bool:
+            option = {"type": _parse_bool}
+        elif str(hint).startswith("tuple"):
+            option = {"nargs": "+", "type": int if "int" in str(hint) else str}
+        elif hint in (float | None,):
+            option = {"type": _optional_float}
+        elif hint in (str | None,):
+            option = {"type": str}
+        else:
+            option = {"type": hint}
+        shown = json.dumps(default) if isinstance(default, dict | tuple) else default
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
+                            help=f"{FIELD_HELP.get(f.name, '')} (default: {shown})", **option)
+
 
 def _data(args: argparse.Namespace) -> int:
-    """Build (or verify) the cached synthetic benchmark of a profile."""
     for domain in args.domains:
         for split in ("train", "val"):
             start = time.perf_counter()
@@ -19,9 +108,69 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .runs import train_or_load
+    from .train import TrainConfig, fit, validate
+
+    try:  # an invalid config fails here, before any data or model is built, with one clear line
+        config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        validate(config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.no_store:
+        metrics = fit(config, None, progress=args.progress)
+        print(json.dumps(metrics, indent=1))
+        return 0
+    result = train_or_load(config, root=args.runs, force=args.force, progress=args.progress)
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    print(f"{'trained' if result.trained else 'loaded stored result'}: {result.directory}")
+    print(json.dumps(result.metrics, indent=1))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .runs import load_results
+
+    table = load_results(args.runs, complete_only=not args.all)
+    if table.empty:
+        print("no stored runs")
+        return 0
+    columns = ["run", "model", "tasks", "backbone", "weighting", "epochs", "seed", "status"]
+    metric_columns = [c for c in table.columns if "/" in c and not c.startswith("val_loss")]
+    with pd.option_context("display.width", 200, "display.max_columns", 40):
+        print(table[[c for c in columns if c in table] + metric_columns].to_string(index=False))
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from .suite import run_suite
+
+    parameters = {"dataset": args.dataset}
+    if args.data_dir:
+        parameters["data_dir"] = args.data_dir
+    try:
+        report = run_suite(args.profile, jobs=args.jobs, output_root=args.output, only=args.only,
+                           parameters=parameters)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = [r.name for r in report.results if r.status != "passed"]
+    print(f"report: {report.path}")
+    print("all notebooks passed" if not failed else f"not passed: {failed}")
+    return 0 if not failed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mtl_core", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mtl_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
     data = sub.add_parser("data", help="generate and cache the synthetic benchmark",
                           description="Generate (or verify) the cached synthetic benchmark of a profile.")
     data.add_argument("--profile", default="quick", choices=sorted(PROFILES),
@@ -31,6 +180,37 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="base seed of the scenes (default 0)")
     data.add_argument("--workers", type=int, default=None, help="generation processes (default: all cores)")
     data.set_defaults(func=_data)
+
+    train = sub.add_parser("train", help="train one config, or return its stored result",
+                           description="Train one configuration. A config that already finished is not "
+                                       "trained again: its stored metrics are printed. An interrupted run "
+                                       "resumes from its last checkpoint. Every config field is an option.")
+    _add_config_options(train)
+    train.add_argument("--runs", default=None, help="results store folder (default: runs/ or $MTL_CORE_RUNS)")
+    train.add_argument("--force", action="store_true", help="retrain even if the result is stored")
+    train.add_argument("--no-store", action="store_true", help="train without writing a run directory")
+    train.add_argument("--progress", type=_parse_bool, default=None,
+                       help="progress bar (default: if interactive)")
+    train.set_defaults(func=_train)
+
+    results = sub.add_parser("results", help="table of stored runs")
+    results.add_argument("--runs", default=None, help="results store folder")
+    results.add_argument("--all", action="store_true", help="include incomplete runs")
+    results.set_defaults(func=_results)
+
+    suite = sub.add_parser("suite", help="execute the notebook suite through papermill",
+                           description="Execute the notebooks in dependency order into outputs/<profile>/ "
+                                       "(executed notebooks, figures, report.md). Stored runs are reused.")
+    suite.add_argument("--profile", default="quick", choices=sorted(PROFILES),
+                       help="ci (seconds, numbers meaningless), quick (minutes), full (3 seeds, 96x128)")
+    suite.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel (default 1)")
+    suite.add_argument("--only", nargs="+", default=None,
+                       help="run only these notebooks (names without .ipynb)")
+    suite.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
+    suite.add_argument("--dataset", default="synthetic",
+                       help="synthetic, nyud_mt, nyuv2_mat, nyuv2_mtan or pascal_mt")
+    suite.add_argument("--data-dir", default=None, help="the dataset's folder (real datasets)")
+    suite.set_defaults(func=_suite)
     return parser
 
 

@@ -1,0 +1,183 @@
+"""The results store: one directory per run config, written atomically, reused instead of retrained.
+
+    runs/<model>-<hash>/config.json     the full TrainConfig (the hash is over its canonical JSON)
+                        history.json    one record per finished epoch (losses, weights, lr, metrics)
+                        checkpoint.pt   the state after the last finished epoch (to resume after a kill)
+                        metrics.json    final metrics: present only when the run is complete
+
+Every file is written to a temporary name and moved into place with os.replace, so a crash or a
+kill leaves either the old or the new version, never half a file. A lock file serialises processes
+asking for the same run: the second one waits and then finds the result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from .train import TrainConfig, distributed_context, fit, make_dataset, validate
+
+
+def default_runs_root() -> Path:
+    """$MTL_CORE_RUNS, else the project's runs/ folder (next to pyproject.toml), else ~/.cache."""
+    if os.environ.get("MTL_CORE_RUNS"):
+        return Path(os.environ["MTL_CORE_RUNS"])
+    project = Path(__file__).resolve().parents[1]
+    if (project / "pyproject.toml").exists():
+        return project / "runs"
+    return Path.home() / ".cache" / "mtl_core" / "runs"
+
+
+def config_hash(config: TrainConfig) -> str:
+    blob = json.dumps(config.to_dict(), sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through `write(file_object)` into a temporary file, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(value, indent=1, default=list).encode()))
+
+
+class RunStore:
+    """The directory of one run; the training loop calls load_checkpoint / save_epoch / save_final."""
+
+    def __init__(self, directory: Path, config: TrainConfig):
+        self.directory = directory
+        self.config = config
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / "config.json").exists():
+            write_json(directory / "config.json", config.to_dict())
+
+    @property
+    def complete(self) -> bool:
+        return (self.directory / "metrics.json").exists()
+
+    def history(self) -> list[dict]:
+        path = self.directory / "history.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.directory / "checkpoint.pt"
+        return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+    def save_epoch(self, record: dict, state: dict) -> None:
+        # checkpoint first, then history: after a kill between the two the epoch is simply redone
+        atomic_write(self.directory / "checkpoint.pt", lambda f: torch.save(state, f))
+        history = [r for r in self.history() if r["epoch"] < record["epoch"]] + [record]
+        write_json(self.directory / "history.json", history)
+
+    def save_final(self, metrics: dict) -> None:
+        write_json(self.directory / "metrics.json", metrics)
+
+    def metrics(self) -> dict:
+        return json.loads((self.directory / "metrics.json").read_text())
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class RunResult:
+    config: TrainConfig
+    directory: Path
+    metrics: dict
+    history: pd.DataFrame
+    trained: bool  # False when the stored result was returned
+
+    def load_model(self):
+        """The trained model (CPU, eval mode) rebuilt from the config and the checkpoint."""
+        from .models import build_model
+        from .tasks import make_tasks
+
+        cfg = self.config
+        probe = make_dataset(cfg, "val", cfg.val_domain)
+        model = build_model(cfg.model, make_tasks(cfg.tasks, dataset=probe, weights=cfg.loss_weights),
+                            backbone=cfg.backbone, backbone_options=cfg.backbone_options, **cfg.model_options)
+        state = torch.load(self.directory / "checkpoint.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        return model.eval()
+
+
+def run_directory(config: TrainConfig, root: str | os.PathLike | None = None) -> Path:
+    root = Path(root) if root is not None else default_runs_root()
+    return root / f"{config.model}-{config_hash(config)}"
+
+
+def train_or_load(config: TrainConfig | dict, root: str | os.PathLike | None = None, force: bool = False,
+                  progress: bool | None = None) -> RunResult:
+    """The run's result: read from the store if this exact config already finished, else trained
+    (resuming from its last checkpoint if an earlier attempt was interrupted). `force` retrains."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    validate(config)
+    directory = run_directory(config, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed_context()
+    # under torchrun only rank 0 takes the lock (the others would wait on it while rank 0 waits for
+    # them in the process group); the ranks agree on the store's state through barriers
+    with _locked(directory / ".lock") if rank == 0 else nullcontext():
+        if rank == 0:
+            store = RunStore(directory, config)
+            if force:
+                for name in ("metrics.json", "checkpoint.pt", "history.json"):
+                    (directory / name).unlink(missing_ok=True)
+        if world > 1:
+            dist.barrier()
+            store = RunStore(directory, config) if rank else store
+        trained = False
+        if not store.complete:
+            fit(config, store, progress=progress)
+            trained = True
+        if world > 1:
+            dist.barrier()
+        return RunResult(config, directory, store.metrics(), pd.DataFrame(store.history()), trained)
+
+
+def load_results(root: str | os.PathLike | None = None, complete_only: bool = True) -> pd.DataFrame:
+    """One row per stored run: its config fields, `status`, `epochs_done` and every final metric."""
+    root = Path(root) if root is not None else default_runs_root()
+    rows = []
+    for config_path in sorted(root.glob("*/config.json")):
+        directory = config_path.parent
+        store_complete = (directory / "metrics.json").exists()
+        if complete_only and not store_complete:
+            continue
+        row = {"run": directory.name, **json.loads(config_path.read_text())}
+        history_path = directory / "history.json"
+        row["epochs_done"] = len(json.loads(history_path.read_text())) if history_path.exists() else 0
+        row["status"] = "complete" if store_complete else "incomplete"
+        if store_complete:
+            row.update(json.loads((directory / "metrics.json").read_text()))
+        rows.append(row)
+    return pd.DataFrame(rows)

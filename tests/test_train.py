@@ -1,0 +1,210 @@
+"""The training engine and the results store: learning, repeatability, resume after a kill,
+concurrent writers, cache hits, early validation, NaN handling, and DistributedDataParallel."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtl_core import runs, train
+from mtl_core.runs import load_results, run_directory, train_or_load
+from mtl_core.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_data(tmp_path_factory, monkeypatch):
+    data = tmp_path_factory.getbasetemp() / "data"  # shared by the tests of one session: generated once
+    monkeypatch.setenv("MTL_CORE_DATA", str(data))
+    monkeypatch.setenv("MTL_CORE_PROGRESS", "0")
+    return data
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = dict(model="mtl_baseline", tasks=("semseg", "depth"), num_train=32, num_val=16, epochs=3,
+                  batch_size=8, lr=2e-3, backbone_options={"widths": [16, 32, 64, 128]}, augment=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def cli(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mtl_core", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def cli_args(config: TrainConfig, root: Path) -> list[str]:
+    args = ["train", "--runs", str(root)]
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, dict):
+            args += [flag, json.dumps(value)]
+        elif isinstance(value, tuple | list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def test_tiny_run_learns(tmp_path):
+    result = train_or_load(tiny(epochs=4), root=tmp_path)
+    history = result.history
+    for task in ("semseg", "depth"):
+        assert history[f"loss/{task}"].iloc[-1] < 0.8 * history[f"loss/{task}"].iloc[0]
+    assert 0 <= result.metrics["semseg/miou"] <= 100 and result.metrics["depth/rmse"] > 0
+    assert (result.directory / "config.json").exists() and (result.directory / "checkpoint.pt").exists()
+
+
+def test_same_seed_same_metrics_other_seed_differs():
+    a, b = fit(tiny(epochs=2)), fit(tiny(epochs=2))
+    assert a == b
+    c = fit(tiny(epochs=2, seed=1))
+    assert c["depth/rmse"] != a["depth/rmse"]
+
+
+def test_stored_result_is_returned_without_training(tmp_path, monkeypatch):
+    first = train_or_load(tiny(epochs=1), root=tmp_path)
+    assert first.trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored run must not be trained again")
+
+    monkeypatch.setattr(runs, "fit", no_training)
+    again = train_or_load(tiny(epochs=1).to_dict(), root=tmp_path)
+    assert not again.trained and again.metrics == first.metrics
+    with pytest.raises(AssertionError, match="must not be trained"):
+        train_or_load(tiny(epochs=1), root=tmp_path, force=True)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
+    config = tiny(epochs=5, num_train=64)
+    proc = cli(*cli_args(config, tmp_path / "killed"), start_new_session=True)
+    history = run_directory(config, tmp_path / "killed") / "history.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(json.loads(history.read_text())) >= 2:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads(history.read_text()))
+    assert 2 <= done < 5 and not (history.parent / "metrics.json").exists()
+
+    # resume and the uninterrupted reference run in the same kind of process (same thread count):
+    # floating-point reductions, hence results, depend on it
+    for root in ("killed", "straight"):
+        out, err = cli(*cli_args(config, tmp_path / root)).communicate(timeout=600)
+        assert "trained" in out, err
+    resumed = json.loads((history.parent / "metrics.json").read_text())
+    assert [r["epoch"] for r in json.loads(history.read_text())] == [1, 2, 3, 4, 5]
+    straight = json.loads((run_directory(config, tmp_path / "straight") / "metrics.json").read_text())
+    assert resumed == straight
+
+
+def test_concurrent_runs_all_complete_and_readable(tmp_path):
+    configs = [tiny(epochs=1, seed=s) for s in (0, 1, 2)] + [tiny(epochs=1, seed=0)]  # one duplicate
+    procs = [cli(*cli_args(c, tmp_path)) for c in configs]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    table = load_results(tmp_path)
+    assert len(table) == 3 and set(table["seed"]) == {0, 1, 2} and (table["status"] == "complete").all()
+    assert table["depth/rmse"].notna().all()
+    assert sum("loaded stored result" in out for out, _ in outputs) == 1  # the duplicate waited, then read
+    assert not list(tmp_path.glob("*/.*.json.*")) and not list(tmp_path.glob("*/.checkpoint.pt.*"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny(epochs=3)
+    calls = {"n": 0}
+    original = train.task_losses
+
+    def poisoned(outputs, batch, tasks):
+        calls["n"] += 1
+        losses = original(outputs, batch, tasks)
+        if calls["n"] > 4 + 2:  # 4 training steps per epoch (+ 2 validation batches): epoch 2 breaks
+            losses["depth"] = losses["depth"] * math.nan
+        return losses
+
+    monkeypatch.setattr(train, "task_losses", poisoned)
+    with pytest.raises(FloatingPointError, match=r"'depth'.*nan.*epoch 2.*last good checkpoint"):
+        train_or_load(config, root=tmp_path)
+    directory = run_directory(config, tmp_path)
+    assert not (directory / "metrics.json").exists()
+    assert [r["epoch"] for r in json.loads((directory / "history.json").read_text())] == [1]
+    import torch
+
+    assert torch.load(directory / "checkpoint.pt", weights_only=False)["epoch"] == 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "resnet_mtl", "model='resnet_mtl'"),
+    ("tasks", ("semseg", "albedo"), "tasks='albedo'"),
+    ("backbone", "vgg16", "backbone='vgg16'"),
+    ("weighting", "magic", "weighting='magic'"),
+    ("size", (60, 64), "size=(60, 64)"),
+    ("optimizer", "lbfgs", "optimizer='lbfgs'"),
+    ("loss_weights", {"normals": 2.0}, "loss_weights"),
+])
+def test_invalid_configs_fail_before_training_naming_the_field(tmp_path, field, value, message):
+    config = tiny(**{field: value})
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train_or_load(config, root=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_task_missing_from_the_dataset_is_rejected(tmp_path, monkeypatch):
+    from mtl_core import data
+
+    class DepthOnly:
+        tasks = ("depth",)
+
+    monkeypatch.setitem(data.DATASETS, "depth_only", DepthOnly)
+    with pytest.raises(ValueError, match="no 'semseg' annotations"):
+        train_or_load(tiny(dataset="depth_only"), root=tmp_path)
+
+
+def test_cli_reports_invalid_config_and_has_help(tmp_path):
+    proc = cli("train", "--runs", str(tmp_path), "--model", "nope", "--epochs", "1")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "model='nope'" in err and not any(tmp_path.iterdir())
+    proc = cli("train", "--help")
+    out, _ = proc.communicate(timeout=120)
+    for option in ("--model", "--tasks", "--weighting", "--precision", "--train-domains", "--force"):
+        assert option in out
+
+
+def test_cli_results_table(tmp_path):
+    train_or_load(tiny(epochs=1), root=tmp_path)
+    proc = cli("results", "--runs", str(tmp_path))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "mtl_baseline" in out and "depth/rmse" in out
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    """DDP with 2 CPU processes and the same global batch ends close to the single-process run.
+
+    Not bit-identical: each process normalises BatchNorm over its half of the batch, and gradients
+    are averaged in a different order. Tolerance: 10% relative on every metric."""
+    config = tiny(epochs=2, precision="fp32")
+    single = train_or_load(config, root=tmp_path / "single").metrics
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "mtl_core", *cli_args(config, tmp_path / "ddp")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = load_results(tmp_path / "ddp")
+    assert len(table) == 1
+    ddp = json.loads((run_directory(config, tmp_path / "ddp") / "metrics.json").read_text())
+    for key in ("semseg/miou", "depth/rmse", "depth/abs_rel"):
+        assert ddp[key] == pytest.approx(single[key], rel=0.10), key
