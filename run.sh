@@ -2,7 +2,7 @@
 # The project's single entry point. Each command sets up its environment on first use (a local
 # virtual environment in .venv, reinstalled only when pyproject.toml changes) and is idempotent.
 #
-#   ./run.sh main [PROFILE]   build the synthetic benchmark and execute the notebooks into outputs/PROFILE/
+#   ./run.sh main [PROFILE]   build the synthetic benchmark and execute the notebook suite into outputs/PROFILE/
 #   ./run.sh test             lint + the test suite (what CI runs)
 #   ./run.sh lab              register the project's Jupyter kernel and open JupyterLab
 #   ./run.sh setup            only create / update the environment
@@ -11,6 +11,9 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="${MTL_CORE_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
+# idle OpenMP threads sleep instead of spinning: with several processes on few cores (pytest -n 2,
+# parallel notebooks) spinning threads starve the busy ones (a tiny op then takes 100x longer)
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 say() { if [ -t 1 ]; then printf '\033[1m[mtl_core]\033[0m %s\n' "$*"; else printf '[mtl_core] %s\n' "$*"; fi; }
 
@@ -48,15 +51,13 @@ setup() {
 }
 
 main_job() {
-  local profile="${1:-quick}" out="outputs/${1:-quick}"
+  local profile="${1:-quick}"; shift || true
   setup
   say "building the synthetic benchmark (profile $profile)"
   "$PY" -m mtl_core data --profile "$profile"
-  mkdir -p "$out"
-  say "executing notebooks/00_data_tour.ipynb -> $out/"
-  "$VENV/bin/papermill" --cwd "$ROOT" notebooks/00_data_tour.ipynb "$out/00_data_tour.ipynb" \
-    -p profile "$profile" -p output_dir "$out/00_data_tour" --progress-bar
-  say "done: executed notebooks and figures are in $out/"
+  say "executing the notebook suite (profile $profile) -> outputs/$profile/ (stored runs are reused)"
+  "$PY" -m mtl_core suite --profile "$profile" "$@"
+  say "done: open outputs/$profile/report.md"
 }
 
 run_tests() {

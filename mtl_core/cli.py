@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(executed notebooks, figures, report.md). Stored runs are reused.")
     suite.add_argument("--profile", default="quick", choices=sorted(PROFILES),
                        help="ci (seconds, numbers meaningless), quick (minutes), full (3 seeds, 96x128)")
-    suite.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel (default 1)")
+    suite.add_argument("--jobs", type=int, default=2,
+                       help="notebooks executed in parallel, each with its share of the cores (default 2)")
     suite.add_argument("--only", nargs="+", default=None,
                        help="run only these notebooks (names without .ipynb)")
     suite.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")

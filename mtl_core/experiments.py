@@ -1,0 +1,221 @@
+"""The study settings and table helpers the notebooks share: what a profile trains, how variants are
+run over seeds, and how their results become the papers' tables (metrics, Δm, params / FLOPs).
+
+    config = base_config("quick", model="mtinet", tasks=("semseg", "depth"))
+    results = run_variants({"MTL baseline": {"model": "mtl_baseline"}, "MTI-Net": {"model": "mtinet"}},
+                           profile="quick", tasks=("semseg", "depth"))
+    singles = run_single_task("quick", ("semseg", "depth"))
+    delta_m_table(results, singles, ("semseg", "depth"))
+
+Every run goes through the run store (`runs.train_or_load`): the notebooks that need the same
+config (e.g. the single-task networks of 02 and 03) train it once and read it afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import delta_m
+from .profiles import get_profile
+from .runs import RunResult, train_or_load
+from .tasks import make_tasks
+from .train import TrainConfig, validate
+
+# What each profile trains. `widths` are the in-house CNN backbone's stage widths: narrower than its
+# default so that a study of ~35 runs fits a laptop CPU (the models keep all their parts). Measured
+# on this 2-core machine (fp32, 1 thread, batch 16, 64x64, widths 16-64): MTL baseline 0.31 s/step,
+# MTI-Net 1.4 s/step -- MTI-Net's per-scale branches hold ~95% of its weights and FLOPs.
+# `num_train` / `num_val` override the profile's data sizes for training (the data tour uses them all).
+STUDY: dict[str, dict] = {
+    # CI: every notebook executes end to end in seconds; the numbers mean nothing
+    "ci": {"epochs": 2, "seeds": (0,), "widths": (8, 16, 24, 32), "batch_size": 16, "num_train": 48,
+           "num_val": 16, "rsa_images": 16, "bootstrap": 50, "affinity_every": 2, "lr": 5e-3},
+    # minutes: one seed, a short schedule on the 64x64 benchmark
+    "quick": {"epochs": 2, "seeds": (0,), "widths": (16, 32, 48, 64), "batch_size": 16, "num_train": 1000,
+              "num_val": 300, "rsa_images": 64, "bootstrap": 200, "affinity_every": 10, "lr": 2e-3},
+    # the headline numbers: 3 seeds, a longer schedule, 96x128 images
+    "full": {"epochs": 8, "seeds": (0, 1, 2), "widths": (32, 64, 96, 128), "batch_size": 16,
+             "num_train": 4000, "num_val": 500, "rsa_images": 100, "bootstrap": 500, "affinity_every": 20,
+             "lr": 2e-3},
+}
+
+
+def study(profile: str) -> dict:
+    """The study settings of `profile` merged with its data sizes (profiles.PROFILES)."""
+    if profile not in STUDY:
+        raise ValueError(f"profile={profile!r}: expected one of {tuple(STUDY)}")
+    return {**get_profile(profile), **STUDY[profile]}
+
+
+def base_config(profile: str, *, dataset: str = "synthetic", data_dir: str | None = None, seed: int = 0,
+                **fields) -> TrainConfig:
+    """A TrainConfig sized by `profile`; `fields` override any TrainConfig field.
+
+    The in-house backbone gets the profile's widths; val metrics are computed once, at the end
+    (eval_every = epochs), unless `eval_every` is given."""
+    s = study(profile)
+    values = {"size": s["size"], "num_train": s["num_train"], "num_val": s["num_val"], "epochs": s["epochs"],
+              "batch_size": s["batch_size"], "lr": s["lr"], "seed": seed, "dataset": dataset,
+              "data_dir": data_dir}
+    values.update(fields)
+    values.setdefault("eval_every", values["epochs"])
+    if values.get("backbone", "cnn") == "cnn":
+        values["backbone_options"] = {"widths": list(s["widths"]), **values.get("backbone_options", {})}
+    config = TrainConfig.from_dict(values)
+    validate(config)
+    return config
+
+
+def progress_enabled() -> bool | None:
+    """Progress bars unless the suite runner switched them off (MTL_CORE_PROGRESS=0)."""
+    return None if os.environ.get("MTL_CORE_PROGRESS", "1") != "0" else False
+
+
+def run(config: TrainConfig | dict, root=None) -> RunResult:
+    """Train `config` or read its stored result."""
+    return train_or_load(config, root=root, progress=progress_enabled())
+
+
+def run_variants(variants: Mapping[str, Mapping], profile: str, seeds: Iterable[int] | None = None,
+                 root=None, **common) -> dict[str, list[RunResult]]:
+    """{label: [RunResult per seed]} for `variants` = {label: config overrides}, each on top of
+    `base_config(profile, **common)`. All configs are validated before anything trains."""
+    seeds = tuple(seeds if seeds is not None else study(profile)["seeds"])
+    if not seeds:
+        raise ValueError("seeds: at least one seed is needed")
+    configs = {label: [base_config(profile, seed=seed, **{**common, **overrides}) for seed in seeds]
+               for label, overrides in variants.items()}
+    return {label: [run(c, root) for c in cs] for label, cs in configs.items()}
+
+
+def run_single_task(profile: str, tasks: Iterable[str], seeds: Iterable[int] | None = None, root=None,
+                    **common) -> dict[str, list[RunResult]]:
+    """One single-task network per task (Δm's reference, RSA's networks): {task: [RunResult per seed]}."""
+    return {task: run_variants({task: {"model": "single_task", "tasks": (task,)}}, profile, seeds, root,
+                               **common)[task] for task in tasks}
+
+
+def _unflatten(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        task, _, name = key.partition("/")
+        if name and not task.startswith(("val_loss", "loss")):
+            out.setdefault(task, {})[name] = value
+    return out
+
+
+def metrics_table(results: Mapping[str, list[RunResult]], tasks: Iterable[str],
+                  primary_only: bool = False) -> pd.DataFrame:
+    """Rows = variants; columns = (task/metric, mean) and (task/metric, std) over seeds; with
+    `primary_only` only each task's primary metric."""
+    specs = make_tasks(tuple(tasks))
+    rows = {}
+    for label, runs in results.items():
+        row = {}
+        for task, spec in specs.items():
+            names = (spec.primary,) if primary_only else spec.metrics
+            for name in names:
+                values = [r.metrics.get(f"{task}/{name}", math.nan) for r in runs]
+                row[(f"{task}/{name}", "mean")] = float(np.mean(values))
+                row[(f"{task}/{name}", "std")] = float(np.std(values)) if len(values) > 1 else 0.0
+        rows[label] = row
+    table = pd.DataFrame(rows).T
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def _delta_m_or_nan(results, baselines, specs, metrics) -> float:
+    """Δm, or NaN with a warning when a baseline metric is 0 (e.g. an untrained single-task network's
+    mIoU in the ci profile): a relative change to 0 is undefined, and one such task must not stop a
+    notebook. A task missing from the results still raises."""
+    try:
+        return delta_m(results, baselines, specs, metrics)
+    except ValueError as exc:
+        if "nonzero baseline" not in str(exc):
+            raise
+        warnings.warn(f"{exc}; Δm is NaN", stacklevel=3)
+        return math.nan
+
+
+def delta_m_table(results: Mapping[str, list[RunResult]], single_task: Mapping[str, list[RunResult]],
+                  tasks: Iterable[str], metrics: Mapping[str, list[str]] | None = None) -> pd.DataFrame:
+    """Δm (%) of every variant vs the single-task networks (metrics.delta_m; positive = better):
+    per seed against the seed-mean of the single-task metrics, then mean ± std over seeds.
+    `metrics` (default: each task's primary metric, as MTI-Net reports Δm: mIoU, RMSE, mean angle,
+    odsF, maxF) chooses the metrics per task. Columns: delta_m, delta_m_std, and Δ% per task."""
+    specs = make_tasks(tuple(tasks))
+    metrics = dict(metrics) if metrics is not None else {t: [spec.primary] for t, spec in specs.items()}
+    baseline = {}
+    for task in specs:
+        if task not in single_task:
+            raise ValueError(f"single_task: no single-task result for task {task!r}")
+        per_seed = [_unflatten(r.metrics).get(task, {}) for r in single_task[task]]
+        baseline[task] = {m: float(np.mean([p[m] for p in per_seed])) for m in per_seed[0]}
+    rows = {}
+    for label, runs in results.items():
+        values = [_delta_m_or_nan(_unflatten(r.metrics), baseline, specs, metrics) for r in runs]
+        per_task = {}
+        for t in specs:  # the same formula restricted to one task: that task's relative change
+            only = {t: metrics[t]} if t in metrics else None
+            per_task[f"Δ {t} (%)"] = float(np.mean([_delta_m_or_nan(_unflatten(r.metrics), {t: baseline[t]},
+                                                                    {t: specs[t]}, only) for r in runs]))
+        rows[label] = {"delta_m": float(np.mean(values)),
+                       "delta_m_std": float(np.std(values)) if len(values) > 1 else 0.0, **per_task}
+    return pd.DataFrame(rows).T
+
+
+def resources(config: TrainConfig) -> dict[str, float]:
+    """Parameters (millions) and GMACs of one forward pass at the config's image size."""
+    from .models import build_model
+    from .models.summary import model_summary
+
+    model = build_model(config.model, make_tasks(config.tasks), backbone=config.backbone,
+                        backbone_options=config.backbone_options, **config.model_options)
+    total = model_summary(model, config.size).loc["total"]
+    return {"params (M)": float(total["params"]) / 1e6, "GMACs": float(total["gmacs"])}
+
+
+def format_mean_std(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """A (metric, mean/std) table as 'mean ± std' strings (just the mean with a single seed)."""
+    out = {}
+    for metric in dict.fromkeys(c[0] for c in table.columns):
+        mean, std = table[(metric, "mean")], table[(metric, "std")]
+        out[metric] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s > 0 else "")
+                       for m, s in zip(mean, std, strict=True)]
+    return pd.DataFrame(out, index=table.index)
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (numbers with `digits` significant digits)."""
+    def cell(v):
+        return f"{v:.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+
+    names = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
+    lines = ["| " + " | ".join([str(table.index.name or "")] + names) + " |",
+             "|" + "---|" * (len(names) + 1)]
+    lines += ["| " + " | ".join([str(i)] + [cell(v) for v in row]) + " |"
+              for i, row in zip(table.index, table.itertuples(index=False), strict=True)]
+    return "\n".join(lines)
+
+
+def write_summary(output_dir: str | os.PathLike, title: str,
+                  sections: Mapping[str, pd.DataFrame | str]) -> Path:
+    """The notebook's `summary.md` (the suite report includes it): a title, then each section as a
+    markdown table or text. Written atomically."""
+    lines = [f"### {title}", ""]
+    for heading, body in sections.items():
+        lines += [f"**{heading}**", ""]
+        lines += [markdown_table(body) if isinstance(body, pd.DataFrame) else str(body), ""]
+    path = Path(output_dir) / "summary.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    return path

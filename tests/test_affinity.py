@@ -1,0 +1,173 @@
+"""Per-scale task affinity: RSA, gradient cosines and lookahead affinity, and their summaries."""
+
+import copy
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtl_core import affinity
+from mtl_core.losses import task_losses
+from mtl_core.models import build_model
+from mtl_core.tasks import make_tasks
+from mtl_core.train import TrainConfig
+
+WIDTHS = {"widths": (8, 16, 24, 32)}
+
+
+# ---------------------------------------------------------------- RSA
+
+
+def test_rdm_known_answers():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    features = np.stack([a, 2 * a + 1, -a, np.array([1.0, -1.0, 1.0, -1.0])])
+    d = affinity.rdm(features)
+    assert d[0, 1] == pytest.approx(0.0, abs=1e-12)  # a positive affine copy: identical
+    assert d[0, 2] == pytest.approx(2.0)  # anti-correlated: maximal dissimilarity
+    assert np.allclose(np.diag(d), 0) and np.allclose(d, d.T)
+    expected = 1 - np.corrcoef(a, features[3])[0, 1]
+    assert d[0, 3] == pytest.approx(expected)
+
+
+def test_rdm_similarity_is_spearman_of_upper_triangles():
+    rng = np.random.default_rng(0)
+    base = affinity.rdm(rng.normal(size=(8, 20)))
+    monotone = base ** 3  # same ranks: Spearman exactly 1
+    flipped = -base  # reversed ranks: exactly -1
+    m = affinity.rdm_similarity({"a": base, "b": monotone, "c": flipped})
+    assert m.loc["a", "b"] == pytest.approx(1.0)
+    assert m.loc["a", "c"] == pytest.approx(-1.0)
+    assert m.loc["b", "a"] == m.loc["a", "b"] and m.loc["a", "a"] == 1.0
+    # a resample that repeats image 0 leaves out the (0, 0) self-pairs
+    resampled = affinity.rdm_similarity({"a": base, "b": monotone}, images=[0, 0, 1, 2, 3])
+    assert resampled.loc["a", "b"] == pytest.approx(1.0)
+
+
+def test_rsa_per_scale_identical_networks_agree_and_different_ones_do_not():
+    torch.manual_seed(0)
+    tasks = make_tasks(("depth",))
+    net = build_model("single_task", tasks, backbone_options=WIDTHS)
+    twin = copy.deepcopy(net)
+    torch.manual_seed(1)
+    other = build_model("single_task", tasks, backbone_options=WIDTHS)
+    images = torch.rand(12, 3, 64, 64)
+    table = affinity.rsa_per_scale({"a": net, "b": twin, "c": other}, images, bootstrap=20)
+    assert sorted(table["scale"].unique()) == [0, 1, 2, 3]
+    same = table[(table.task_a == "a") & (table.task_b == "b")]
+    assert np.allclose(same["rsa"], 1.0) and np.allclose(same["low"], 1.0) and np.allclose(same["high"], 1.0)
+    diff = table[(table.task_a == "a") & (table.task_b == "c")]
+    assert (diff["rsa"] < 0.999).all()
+    assert (table["low"] <= table["rsa"] + 1e-9).all() or (table["high"] >= table["low"]).all()
+    matrices = affinity.rsa_matrices(table)
+    assert matrices[0].loc["c", "a"] == matrices[0].loc["a", "c"] == diff[diff.scale == 0]["rsa"].item()
+    assert np.allclose(np.diag(matrices[3]), 1.0)
+
+
+# ---------------------------------------------------------------- gradient and lookahead affinity
+
+
+def _batch(n=4, size=64):
+    torch.manual_seed(3)
+    return {"image": torch.rand(n, 3, size, size), "semseg": torch.randint(0, 13, (n, size, size)),
+            "depth": torch.rand(n, 1, size, size) * 4 + 0.5,
+            "normals": torch.nn.functional.normalize(torch.randn(n, 3, size, size), dim=1)}
+
+
+def test_scale_groups_partition_the_backbone():
+    net = build_model("mtl_baseline", make_tasks(("semseg",)), backbone_options=WIDTHS)
+    groups = affinity.scale_parameter_groups(net.backbone)
+    assert len(groups) == 4
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)) == len(list(net.backbone.parameters()))
+    with pytest.raises(ValueError, match="stem"):
+        affinity.scale_parameter_groups(torch.nn.Linear(2, 2))
+
+
+def test_probe_cosines_match_a_direct_computation_and_leave_the_model_unchanged():
+    torch.manual_seed(0)
+    tasks = make_tasks(("semseg", "depth", "normals"))
+    net = build_model("mtl_baseline", tasks, backbone_options=WIDTHS)
+    batch = _batch()
+    before = copy.deepcopy(net.state_dict())
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    probe = affinity.AffinityProbe(every=2)
+    probe(net, batch, tasks, optimizer, step=1)  # not a multiple of `every`: nothing measured
+    assert probe.records == []
+    probe(net, batch, tasks, optimizer, step=2)
+    for key, value in net.state_dict().items():  # the lookahead steps are undone exactly
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in net.parameters())
+    table = probe.table()
+    assert set(table["kind"]) == {"cosine", "lookahead"} and set(table["scale"]) == {0, 1, 2, 3}
+
+    # the same cosine by hand, at scale 2
+    net.eval()
+    losses = task_losses(net(batch["image"]), batch, tasks)
+    params = affinity.scale_parameter_groups(net.backbone)[2]
+    grads = {t: torch.cat([g.flatten() for g in torch.autograd.grad(losses[t] * tasks[t].weight, params,
+                                                                     retain_graph=True)])
+             for t in tasks}
+    for a, b in itertools.combinations(tasks, 2):
+        expected = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0).item()
+        got = table.query("kind == 'cosine' and scale == 2 and task_a == @a and task_b == @b")["value"].item()
+        assert got == pytest.approx(expected, abs=1e-5)
+
+    # lookahead of a task on itself: a small step along its own gradient lowers its loss
+    own = table.query("kind == 'lookahead' and task_a == task_b")
+    assert (own["value"] > 0).all()
+
+
+def test_training_affinity_is_cached(tmp_path, monkeypatch):
+    config = TrainConfig(model="mtl_baseline", tasks=("semseg", "depth"), num_train=16, num_val=8, epochs=1,
+                         batch_size=8, backbone_options={"widths": [8, 16, 24, 32]}, augment=False)
+    first = affinity.training_affinity(config, every=1, root=tmp_path, progress=False)
+    assert first["step"].tolist().count(1) > 0 and set(first["step"]) == {1, 2}
+    monkeypatch.setattr(affinity, "fit", lambda *a, **k: pytest.fail("trained again"))
+    again = affinity.training_affinity(config, every=1, root=tmp_path)
+    pd.testing.assert_frame_equal(first.reset_index(drop=True), again)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _records(values):
+    """Cosine records at 2 scales from {scale: {(a, b): value}}, each measured at 2 steps."""
+    rows = []
+    for scale, pairs in values.items():
+        for (a, b), v in pairs.items():
+            rows += [{"step": s, "scale": scale, "kind": "cosine", "task_a": a, "task_b": b, "value": v + d}
+                     for s, d in ((10, -0.1), (20, 0.1))]
+    return pd.DataFrame(rows)
+
+
+def test_matrices_pairs_and_ranking_changes():
+    same_order = {0: {("a", "b"): 0.9, ("a", "c"): 0.5, ("b", "c"): 0.1},
+                  1: {("a", "b"): 0.8, ("a", "c"): 0.4, ("b", "c"): 0.0}}
+    matrices = affinity.affinity_matrices(_records(same_order), "cosine")
+    assert matrices[0].loc["b", "a"] == pytest.approx(0.9)  # mean over the steps, symmetric
+    assert matrices[1].loc["c", "c"] == 1.0
+    pairs = affinity.pair_table(matrices)
+    assert list(pairs.columns) == ["scale 0", "scale 1"] and pairs.loc["a–c", "scale 1"] == pytest.approx(0.4)
+    summary = affinity.ranking_changes(pairs)
+    assert summary["top_pair"] == {"scale 0": "a–b", "scale 1": "a–b"}
+    assert not summary["top_pair_changes"] and summary["min_tau"] == pytest.approx(1.0)
+
+    reversed_order = {0: same_order[0], 1: {("a", "b"): 0.0, ("a", "c"): 0.4, ("b", "c"): 0.8}}
+    summary = affinity.ranking_changes(affinity.pair_table(affinity.affinity_matrices(
+        _records(reversed_order), "cosine")))
+    assert summary["top_pair"]["scale 1"] == "b–c" and summary["top_pair_changes"]
+    assert summary["min_tau"] == pytest.approx(-1.0)
+
+
+def test_heatmap_and_pair_figures_are_saved(tmp_path):
+    matrices = affinity.affinity_matrices(_records({0: {("a", "b"): 0.3}, 1: {("a", "b"): -0.2}}), "cosine")
+    fig = affinity.plot_scale_heatmaps(matrices, "t", save_to=tmp_path / "h.png")
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "scale 1/8"
+    affinity.plot_pairs_across_scales(affinity.pair_table(matrices), "cos", save_to=tmp_path / "p.png")
+    assert (tmp_path / "h.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0

@@ -1,0 +1,94 @@
+"""The study settings and table helpers the notebooks share."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtl_core import experiments
+from mtl_core.profiles import PROFILES
+from mtl_core.runs import RunResult
+from mtl_core.train import TrainConfig
+
+
+def fake(metrics: dict) -> RunResult:
+    return RunResult(TrainConfig(), Path("."), metrics, pd.DataFrame(), trained=False)
+
+
+def test_every_profile_has_study_settings_and_base_config_applies_them():
+    assert set(experiments.STUDY) == set(PROFILES)
+    config = experiments.base_config("quick", model="mtinet", tasks=("semseg", "depth"), seed=3)
+    s = experiments.study("quick")
+    assert config.size == tuple(PROFILES["quick"]["size"]) and config.num_train == s["num_train"]
+    assert config.epochs == s["epochs"] and config.eval_every == s["epochs"] and config.seed == 3
+    assert config.backbone_options == {"widths": list(s["widths"])}
+    # explicit fields win, a non-cnn backbone gets no cnn widths
+    config = experiments.base_config("ci", epochs=3, eval_every=1, backbone="resnet18")
+    assert (config.epochs, config.eval_every, config.backbone_options) == (3, 1, {})
+
+
+def test_bad_study_arguments_fail_before_training():
+    with pytest.raises(ValueError, match="profile='huge'"):
+        experiments.study("huge")
+    with pytest.raises(ValueError, match="unknown config field"):
+        experiments.base_config("ci", colour="red")
+    with pytest.raises(ValueError, match="model='nonet'"):
+        experiments.base_config("ci", model="nonet")
+    with pytest.raises(ValueError, match="seeds"):
+        experiments.run_variants({"x": {}}, "ci", seeds=())
+
+
+def test_delta_m_table_known_answer():
+    # single-task: semseg mIoU 50, depth RMSE 1.0 (two seeds: 48/52 and 0.9/1.1 -> means 50, 1.0)
+    singles = {"semseg": [fake({"semseg/miou": 48.0, "semseg/pixel_acc": 80.0}),
+                          fake({"semseg/miou": 52.0, "semseg/pixel_acc": 80.0})],
+               "depth": [fake({"depth/rmse": 0.9}), fake({"depth/rmse": 1.1})]}
+    # seed 0: mIoU +10% , RMSE 10% lower (better) -> Δm +10; seed 1: mIoU -10%, RMSE 10% higher -> -10
+    results = {"mtl": [fake({"semseg/miou": 55.0, "semseg/pixel_acc": 0.0, "depth/rmse": 0.9}),
+                       fake({"semseg/miou": 45.0, "semseg/pixel_acc": 0.0, "depth/rmse": 1.1})]}
+    table = experiments.delta_m_table(results, singles, ("semseg", "depth"))
+    assert table.loc["mtl", "delta_m"] == pytest.approx(0.0)  # the primary metrics only: pixel_acc ignored
+    assert table.loc["mtl", "delta_m_std"] == pytest.approx(10.0)
+    assert table.loc["mtl", "Δ semseg (%)"] == pytest.approx(0.0)
+    # every metric of semseg: pixel_acc 0 vs 80 is -100% on its own
+    every = experiments.delta_m_table(results, singles, ("semseg", "depth"),
+                                      metrics={"semseg": ["miou", "pixel_acc"], "depth": ["rmse"]})
+    assert every.loc["mtl", "Δ semseg (%)"] == pytest.approx(-50.0)
+    assert every.loc["mtl", "delta_m"] == pytest.approx(-25.0)
+    with pytest.raises(ValueError, match="'normals'"):
+        experiments.delta_m_table(results, singles, ("semseg", "normals"))
+
+
+def test_metrics_table_and_formatting():
+    results = {"a": [fake({"depth/rmse": 1.0}), fake({"depth/rmse": 3.0})], "b": [fake({"depth/rmse": 2.0})]}
+    table = experiments.metrics_table(results, ("depth",), primary_only=True)
+    assert list(table.columns) == [("depth/rmse", "mean"), ("depth/rmse", "std")]
+    assert table.loc["a", ("depth/rmse", "mean")] == 2.0 and table.loc["a", ("depth/rmse", "std")] == 1.0
+    shown = experiments.format_mean_std(table, 1)
+    assert shown.loc["a", "depth/rmse"] == "2.0 ± 1.0" and shown.loc["b", "depth/rmse"] == "2.0"
+
+
+def test_summary_is_markdown(tmp_path):
+    frame = pd.DataFrame({"delta_m": [1.23456, -2.0]}, index=pd.Index(["MTI-Net", "PAD-Net"], name="model"))
+    path = experiments.write_summary(tmp_path / "nb", "03 · x", {"Δm": frame, "Conclusion": "- holds"})
+    text = path.read_text()
+    assert text.startswith("### 03 · x\n")
+    assert "| model | delta_m |\n|---|---|\n| MTI-Net | 1.23 |\n| PAD-Net | -2 |" in text
+    assert "**Conclusion**\n\n- holds" in text
+    assert not list((tmp_path / "nb").glob("*.tmp"))
+
+
+def test_resources_counts_the_config_model():
+    config = experiments.base_config("ci", model="mtl_baseline", tasks=("depth",))
+    small = experiments.resources(config)
+    wide = experiments.resources(experiments.base_config("ci", model="mtl_baseline", tasks=("depth",),
+                                                         backbone_options={"widths": [16, 32, 48, 64]}))
+    assert 0 < small["params (M)"] < wide["params (M)"] and 0 < small["GMACs"] < wide["GMACs"]
+
+
+def test_delta_m_against_a_zero_baseline_is_nan_with_a_warning():
+    singles = {"semseg": [fake({"semseg/miou": 0.0})]}
+    with pytest.warns(UserWarning, match="semseg/miou"):
+        table = experiments.delta_m_table({"m": [fake({"semseg/miou": 10.0})]}, singles, ("semseg",))
+    assert np.isnan(table.loc["m", "delta_m"])
