@@ -72,8 +72,12 @@ def find_run(table: pd.DataFrame, like: TrainConfig, root=None) -> str | None:
         rows = rows[rows["status"] == "complete"]
     if rows.empty:
         return None
+    # prefer the same tasks (e.g. ROCK with all its auxiliary tasks), then default model options
+    tasks = rows["tasks"].map(lambda t: _same(t, target["tasks"]))
     plain = rows["model_options"].map(lambda o: not o) if "model_options" in rows else True
-    return str(rows.assign(_plain=plain).sort_values("_plain", ascending=False, kind="stable")["run"].iloc[0])
+    ranked = rows.assign(_tasks=tasks, _plain=plain).sort_values(["_tasks", "_plain"], ascending=False,
+                                                                 kind="stable")
+    return str(ranked["run"].iloc[0])
 
 
 def _same(a, b) -> bool:
