@@ -95,8 +95,9 @@ def main() -> None:
         bf16_ips, bf16_gf = throughput(name, options, size, args.batch, args.steps, torch.bfloat16)
         print(f"  {name:13s} fp32 {fp32_ips:7.1f} img/s ({fp32_gf:6.1f} GFLOP/s)   "
               f"bf16+channels_last {bf16_ips:7.1f} img/s ({bf16_gf:6.1f} GFLOP/s)   "
-              f"bf16/fp32 {bf16_ips / fp32_ips:.2f}x   fp32 step at {100 * fp32_gf / peak32:4.1f}% of the fp32 "
-              f"matmul peak, bf16 step at {100 * bf16_gf / peak16:4.1f}% of the bf16 peak")
+              f"bf16/fp32 {bf16_ips / fp32_ips:.2f}x   "
+              f"fp32 step at {100 * fp32_gf / peak32:4.1f}% of the fp32 matmul peak, "
+              f"bf16 step at {100 * bf16_gf / peak16:4.1f}% of the bf16 peak")
 
 
 if __name__ == "__main__":
