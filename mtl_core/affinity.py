@@ -39,6 +39,7 @@ import torch
 from scipy.stats import rankdata
 
 from .losses import task_losses
+from .plots import save_figure
 from .runs import atomic_write, config_hash, default_runs_root
 from .train import TrainConfig, fit, validate
 
@@ -281,7 +282,7 @@ def plot_scale_heatmaps(matrices: Mapping[int, pd.DataFrame], title: str, stride
         ax.set_title(f"scale 1/{strides[s]}" if s < len(strides) else f"scale {s}")
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -303,11 +304,6 @@ def plot_pairs_across_scales(pairs: pd.DataFrame, ylabel: str, low: pd.DataFrame
     ax.axhline(0, color="grey", lw=0.8)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
-
-def _save(fig, save_to) -> None:
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=110, bbox_inches="tight")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,18 +26,13 @@ from .data import collate_batch
 from .experiments import metrics_table
 from .metrics import DetectionMeter
 from .models.detection import PriorBoxes, postprocess
-from .plots import draw_boxes
+from .plots import draw_boxes, save_figure
 from .runs import RunResult
 from .train import autocast_dtype, make_dataset
 
 # the detection metrics as the store names them -> as the papers print them
 MAP_NAMES = {"detection/map50": "mAP@0.5", "detection/map": "mAP@[.5:.95]"}
 
-
-def _save(fig, save_to) -> None:
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=110, bbox_inches="tight")
 
 
 # ------------------------------------------------------------------ can the priors fit the objects?
@@ -169,7 +163,7 @@ def map_bars(table: pd.DataFrame, title: str, reference: str | None = None, save
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -221,7 +215,7 @@ def per_class_bars(table: pd.DataFrame, title: str = "per-class AP@0.5", save_to
     ax.set_ylabel("")
     ax.set_title(title)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -278,7 +272,7 @@ def detection_gallery(dataset, predictions: Mapping[str, list[dict]], indices: S
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 

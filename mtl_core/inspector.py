@@ -258,7 +258,7 @@ def prediction_figure(sample: dict, outputs: dict, tasks=None, save_to=None):
         row[3].set_title(f"error: mean {_mean(error):.3g}", fontsize=9)
         fig.colorbar(im, ax=row[3], fraction=0.046, pad=0.03).set_label(ERROR_LABELS[task], fontsize=8)
     fig.tight_layout()
-    plots._save(fig, save_to)
+    plots.save_figure(fig, save_to)
     return fig
 
 
@@ -295,7 +295,7 @@ def deep_predictions_figure(sample: dict, outputs: dict, tasks=None, save_to=Non
     fig.suptitle("Initial task predictions per scale (deep supervision), finest to coarsest, then the final",
                  fontsize=10)
     fig.tight_layout()
-    plots._save(fig, save_to)
+    plots.save_figure(fig, save_to)
     return fig
 
 
@@ -347,7 +347,7 @@ def attention_figure(outputs: dict, image_size=None, save_to=None):
             if col == 0:
                 ax.set_ylabel(f"{target} ← {source}", fontsize=8)
     fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02).set_label("gate (mean over channels)", fontsize=8)
-    plots._save(fig, save_to)
+    plots.save_figure(fig, save_to)
     return fig
 
 
@@ -404,7 +404,7 @@ def detection_figure(sample: dict, outputs: dict, det_classes=(), classes=(), sc
         truth_name = names[truth] if truth >= 0 else "missing"
         axes[2].set_title(f"scene: {names[int(probs.argmax())]} (label: {truth_name}, green)", fontsize=9)
     fig.tight_layout()
-    plots._save(fig, save_to)
+    plots.save_figure(fig, save_to)
     return fig
 
 

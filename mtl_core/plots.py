@@ -61,7 +61,8 @@ def _aspect(sample: dict) -> float:
     return h / w
 
 
-def _save(fig, save_to) -> None:
+def save_figure(fig, save_to) -> None:
+    """Save `fig` to `save_to` (creating its folder); nothing when `save_to` is None."""
     if save_to is not None:
         path = Path(save_to)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,7 @@ def show_sample(sample: dict, classes, det_classes, scene_classes, tasks=None, a
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -225,7 +226,7 @@ def sample_gallery(dataset, indices, tasks=None, save_to=None):
         show_sample(dataset[i], dataset.classes, dataset.det_classes, dataset.scene_classes, tasks=shown,
                     axes=axes[row], titles=row == 0)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -237,7 +238,7 @@ def semseg_legend(classes, save_to=None):
         bright = semseg_palette(len(classes))[k].mean() > 0.5
         ax.text(k, 0, name, ha="center", va="center", fontsize=8, color="black" if bright else "white")
     ax.set_axis_off()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -358,7 +359,7 @@ def benchmark_statistics(dataset, max_samples: int | None = None, save_to=None):
     ax.set_xscale("log")
     ax.set(xlabel="box area (% of image, log scale)", ylabel="",
            title=f"Box sizes ({len(boxed)} boxes)")
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig, {"objects": objects, "pixels": pixels, "presence": presence, "depth_hist": depth_hist}
 
 
@@ -395,7 +396,7 @@ def domain_comparison(render_ds, sensor_ds, indices, save_to=None):
             ax.set_yticks([])
     fig.suptitle("Same rooms, two domains (black depth / grey normals = no measurement)", y=1.0)
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig
 
 
@@ -473,5 +474,5 @@ def sensor_statistics(render_ds, sensor_ds, max_samples: int | None = 500, save_
     _binned(axes[2], kept["true_depth"], kept["error_mm"], 0.25, "median", color="seagreen")
     axes[2].set(xlabel="true depth (m)", ylabel="median |sensor - true| (mm)", title="Depth noise grows ∝ z²")
     fig.tight_layout()
-    _save(fig, save_to)
+    save_figure(fig, save_to)
     return fig, df

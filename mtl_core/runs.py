@@ -12,12 +12,11 @@ asking for the same run: the second one waits and then finds the result.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from .data.cache import file_lock
 from .train import TrainConfig, distributed_context, fit, make_dataset, validate
 
 
@@ -97,16 +97,6 @@ class RunStore:
         return json.loads((self.directory / "metrics.json").read_text())
 
 
-@contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass
 class RunResult:
     config: TrainConfig
@@ -146,7 +136,7 @@ def train_or_load(config: TrainConfig | dict, root: str | os.PathLike | None = N
     rank, world = distributed_context()
     # under torchrun only rank 0 takes the lock (the others would wait on it while rank 0 waits for
     # them in the process group); the ranks agree on the store's state through barriers
-    with _locked(directory / ".lock") if rank == 0 else nullcontext():
+    with file_lock(directory / ".lock") if rank == 0 else nullcontext():
         if rank == 0:
             store = RunStore(directory, config)
             if force:

@@ -44,7 +44,8 @@ def _sha256(path: Path) -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if needed) for the duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -156,7 +157,7 @@ def build_or_load(root: str | os.PathLike, name: str, params: dict, num_samples:
     directory = root / f"{name}-{params_key(params)}"
     reason = _check(directory, params)
     if reason is not None:
-        with _locked(root / f".{directory.name}.lock"):
+        with file_lock(root / f".{directory.name}.lock"):
             reason = _check(directory, params)  # another process may have built it meanwhile
             if reason is not None:
                 if directory.exists():
