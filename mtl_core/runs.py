@@ -38,8 +38,14 @@ def default_runs_root() -> Path:
     return Path.home() / ".cache" / "mtl_core" / "runs"
 
 
+# Part of every run's hash: bumped when the same config would train differently or store an
+# incompatible checkpoint (2: PAD-Net / MTI-Net task branches as grouped convolutions),
+# so older runs are left in place and not mistaken for current ones.
+STORE_VERSION = 2
+
+
 def config_hash(config: TrainConfig) -> str:
-    blob = json.dumps(config.to_dict(), sort_keys=True, default=list)
+    blob = json.dumps({**config.to_dict(), "store_version": STORE_VERSION}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -7,11 +7,13 @@ Each notebook writes its figures and a `summary.md` (its headline table) into it
 outputs/<profile>/<notebook>/. Training goes through the run store, so a second suite run, or a
 notebook that needs the same config as another, reuses stored runs instead of training again.
 A failing notebook is reported with its failing cell; the others still run (those that depend on
-it are skipped) and the exit code is 1.
+it are skipped) and the exit code is 1. The report covers the latest result of every notebook
+executed into the folder, so a `--only` run updates its notebooks and keeps the others.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -31,7 +33,8 @@ DEPENDS = {
     "02_task_affinity_per_scale": [],
     "03_mtinet_ablation": ["02_task_affinity_per_scale"],  # shares the single-task networks
     "04_rock_ablation": [],
-    "05_loss_weighting": ["03_mtinet_ablation"],  # shares the fixed-weight MTL baseline
+    "05_loss_weighting": ["02_task_affinity_per_scale"],  # shares the single-task networks (and with 03,
+    # which may run beside it, the fixed-weight MTL baseline: the run store's lock trains it once)
     "06_inspector": ["01_train", "03_mtinet_ablation", "04_rock_ablation"],
 }
 NOTEBOOKS = list(DEPENDS)
@@ -45,6 +48,7 @@ class NotebookResult:
     output: Path | None = None
     error: str = ""  # the failing cell and exception, for a failed notebook
     summary: str = ""  # the notebook's summary.md
+    finished: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 @dataclass
@@ -88,28 +92,53 @@ def run_notebook(name: str, profile: str, output_root: Path,
                           summary=summary.read_text() if summary.exists() else "")
 
 
-def write_report(report: SuiteReport, output_root: Path) -> Path:
-    lines = [f"# mtl_core notebook suite — profile `{report.profile}`", "",
-             "| notebook | status | minutes | figures |", "|---|---|---|---|"]
+def _load_state(output_root: Path) -> dict[str, dict]:
+    """The latest result of every notebook executed into `output_root` (suite.json), by earlier
+    invocations too: a `--only` run updates its notebooks' entries and keeps the others'."""
+    path = output_root / "suite.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # first run, or an unreadable file: start afresh
+        return {}
+
+
+def write_report(report: SuiteReport, output_root: Path, wall_seconds: float | None = None) -> Path:
+    """report.md over every notebook with a result in `output_root`: this invocation's, and the latest
+    result of the notebooks it did not execute (marked as earlier). suite.json keeps that state."""
+    state = _load_state(output_root)
     for r in report.results:
-        figures = sorted((output_root / r.name).glob("*.png")) if (output_root / r.name).exists() else []
-        link = f"[{r.name}]({r.name}.ipynb)" if r.status != "skipped" else r.name
-        lines.append(f"| {link} | {r.status} | {r.seconds / 60:.1f} | {len(figures)} |")
-    for r in report.results:
-        lines += ["", f"## {r.name}", ""]
-        if r.status == "failed":
-            lines += ["**Failed**: " + r.error]
-        elif r.status == "skipped":
-            lines += [f"Skipped: {r.error}"]
+        state[r.name] = {"status": r.status, "seconds": r.seconds, "error": r.error, "finished": r.finished}
+    ours = {r.name for r in report.results}
+    names = [n for n in NOTEBOOKS if n in state] + sorted(n for n in state if n not in NOTEBOOKS)
+    lines = [f"# mtl_core notebook suite — profile `{report.profile}`", ""]
+    if wall_seconds is not None:
+        lines += [f"This invocation: {len(report.results)} notebook(s) in {wall_seconds / 60:.1f} min "
+                  "(wall clock).", ""]
+    lines += ["| notebook | status | minutes | figures | finished |", "|---|---|---|---|---|"]
+    for name in names:
+        entry, folder = state[name], output_root / name
+        figures = sorted(folder.glob("*.png")) if folder.exists() else []
+        link = f"[{name}]({name}.ipynb)" if entry["status"] != "skipped" else name
+        when = entry["finished"] + ("" if name in ours else " (earlier invocation)")
+        minutes = entry["seconds"] / 60
+        lines.append(f"| {link} | {entry['status']} | {minutes:.1f} | {len(figures)} | {when} |")
+    for name in names:
+        entry, folder = state[name], output_root / name
+        lines += ["", f"## {name}", ""]
+        if entry["status"] == "failed":
+            lines += ["**Failed**: " + entry["error"]]
+        elif entry["status"] == "skipped":
+            lines += [f"Skipped: {entry['error']}"]
         else:
-            lines += [r.summary or "_(no summary)_"]
-            figures = sorted((output_root / r.name).glob("*.png"))
-            lines += [""] + [f"![{f.stem}]({r.name}/{f.name})" for f in figures]
-    path = output_root / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+            summary = folder / "summary.md"
+            lines += [summary.read_text() if summary.exists() else "_(no summary)_"]
+            lines += [""] + [f"![{f.stem}]({name}/{f.name})" for f in sorted(folder.glob("*.png"))]
+    for filename, text in (("suite.json", json.dumps(state, indent=1)),
+                           ("report.md", "\n".join(lines) + "\n")):
+        tmp = output_root / f".{filename}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, output_root / filename)  # never half a report
+    return output_root / "report.md"
 
 
 def run_suite(profile: str = "quick", jobs: int = 1, output_root: str | os.PathLike | None = None,
@@ -133,7 +162,7 @@ def run_suite(profile: str = "quick", jobs: int = 1, output_root: str | os.PathL
     # idle OpenMP threads sleep instead of spinning, so parallel kernels do not starve each other
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    report, done = SuiteReport(profile), {}
+    report, done, start = SuiteReport(profile), {}, time.perf_counter()
     pending = list(selected)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {}
@@ -158,5 +187,5 @@ def run_suite(profile: str = "quick", jobs: int = 1, output_root: str | os.PathL
                 log(f"[suite] {result.name}: {result.status} in {result.seconds / 60:.1f} min"
                     + (f"\n{result.error}" if result.error else ""))
     report.results = [done[name] for name in selected]
-    report.path = write_report(report, output_root)
+    report.path = write_report(report, output_root, time.perf_counter() - start)
     return report

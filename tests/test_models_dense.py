@@ -7,7 +7,8 @@ from torch import nn
 
 from mtl_core.losses import task_losses
 from mtl_core.models import build_model, model_summary
-from mtl_core.models.heads import SqueezeExcitation
+from mtl_core.models.heads import BasicBlock, SqueezeExcitation
+from mtl_core.models.padnet import MultiModalDistillation
 from mtl_core.tasks import make_task, make_tasks
 
 DENSE = ["semseg", "depth", "normals", "edge"]
@@ -133,8 +134,8 @@ def test_fpm_switch_removes_exactly_the_fpm():
     assert removed and all(n.startswith("fpm.") for n in removed)
     assert parameter_names(without) <= parameter_names(full)
     # the finer scales' task branches get only the backbone map: narrower first convolution
-    assert without.initial[0].features["semseg"][0].conv1.in_channels == 16
-    assert full.initial[0].features["semseg"][0].conv1.in_channels == 16 + 32
+    assert without.initial[0].in_channels == 16
+    assert full.initial[0].in_channels == 16 + 32
 
 
 def test_distillation_switch_removes_exactly_the_distillation():
@@ -198,11 +199,55 @@ def test_auxiliary_tasks_only_in_deep_supervision_and_still_learn():
     assert model.initial[0].predictions["edge"].weight.grad.abs().sum() > 0
     assert model.backbone.stem[0][0].weight.grad.abs().sum() > 0
     # auxiliary tasks send distillation messages but receive none, and have no final head
-    assert set(model.distillation[0].gate) == {"semseg", "depth"}
-    assert set(model.distillation[0].gate["semseg"]) == {"depth", "edge", "normals"}
+    receivers = model.distillation[0].receivers
+    assert receivers == {"semseg": ["depth"], "depth": ["semseg"], "normals": ["semseg", "depth"],
+                         "edge": ["semseg", "depth"]}
     assert set(model.aggregation.heads) == {"semseg", "depth"}
     with pytest.raises(ValueError, match="sal"):
         build("mtinet", DENSE, auxiliary_tasks=("sal",))
+
+
+def test_grouped_basic_block_is_separate_blocks_side_by_side():
+    torch.manual_seed(0)
+    n, cin, cout = 3, 5, 4
+    grouped = BasicBlock(n * cin, n * cout, groups=n, project=True)
+    for bn in (grouped.bn1, grouped.bn2, grouped.shortcut[1]):  # non-trivial BN statistics and affine
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.normal_()
+        bn.bias.data.normal_()
+    x = torch.randn(2, n * cin, 8, 8)
+    y = grouped.eval()(x)
+    grouped_state = grouped.state_dict()
+    for i in range(n):
+        single = BasicBlock(cin, cout, project=True)
+        single.load_state_dict({name: value if value.dim() == 0 else value.chunk(n)[i]
+                                for name, value in grouped_state.items()})
+        expected = single.eval()(x[:, i * cin:(i + 1) * cin])
+        torch.testing.assert_close(y[:, i * cout:(i + 1) * cout], expected)
+    assert sum(p.numel() for p in grouped.parameters()) == n * sum(p.numel() for p in single.parameters())
+
+
+def test_distillation_implements_the_message_passing_equation():
+    torch.manual_seed(0)
+    c, tasks, targets = 4, ["semseg", "depth", "edge"], ["semseg", "depth"]
+    module = MultiModalDistillation(tasks, c, targets=targets)
+    features = {t: torch.randn(2, c, 6, 6) for t in tasks}
+    out, attention = module(features)
+    for t in targets:  # F_t + sum_{a != t} sigmoid(W_gate * F_a) * (W_msg * F_a)
+        expected = features[t].clone()
+        for a in tasks:
+            if a == t:
+                continue
+            k, n = module.receivers[a].index(t), len(module.receivers[a])
+            weights = module.source[a].weight.chunk(2 * n)
+            gate = torch.sigmoid(F.conv2d(features[a], weights[k], padding=1))
+            expected += gate * F.conv2d(features[a], weights[n + k], padding=1)
+            torch.testing.assert_close(attention[t][a], gate)
+        torch.testing.assert_close(out[t], expected)
+    assert set(out) == set(targets) and set(attention["semseg"]) == {"depth", "edge"}
+    # one (gate, message) pair of C x C 3x3 convolutions per (target, source != target)
+    assert sum(p.numel() for p in module.parameters()) == 2 * 4 * c * c * 9
 
 
 def test_mtinet_features_structure():

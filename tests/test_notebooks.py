@@ -124,6 +124,22 @@ def test_failing_notebook_is_reported_with_its_cell_and_the_others_still_run(toy
     assert "depends on failed ['b_fails']" in text
 
 
+def test_report_keeps_the_notebooks_of_earlier_invocations(toy_suite):
+    out = toy_suite / "out"
+    suite.run_suite("ci", output_root=out, only=["a_ok"], log=lambda _: None)
+    second = suite.run_suite("ci", output_root=out, only=["b_fails"], log=lambda _: None)
+    assert [r.name for r in second.results] == ["b_fails"]
+    text = second.path.read_text()
+    assert "[a_ok](a_ok.ipynb) | passed" in text and "(earlier invocation)" in text and "### ok ci" in text
+    assert "[b_fails](b_fails.ipynb) | failed" in text and "the model diverged" in text
+    assert "This invocation: 1 notebook(s)" in text
+    assert set(json.loads((out / "suite.json").read_text())) == {"a_ok", "b_fails"}
+    # a later run of a notebook replaces its entry
+    suite.run_suite("ci", output_root=out, only=["b_fails", "c_needs_b"], log=lambda _: None)
+    state = json.loads((out / "suite.json").read_text())
+    assert state["c_needs_b"]["status"] == "skipped" and state["a_ok"]["status"] == "passed"
+
+
 def test_cli_exit_codes(toy_suite, capsys):
     assert cli.main(["suite", "--profile", "ci", "--output", str(toy_suite / "o1"), "--only", "a_ok"]) == 0
     assert cli.main(["suite", "--profile", "ci", "--output", str(toy_suite / "o2"), "--only", "b_fails"]) == 1

@@ -8,16 +8,23 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: 3x3-BN-ReLU-3x3-BN + shortcut (1x1 conv + BN when the width changes)."""
+    """ResNet basic block: 3x3-BN-ReLU-3x3-BN + shortcut (1x1 conv + BN when the width changes, or always
+    with `project=True`).
 
-    def __init__(self, cin: int, cout: int):
+    `groups=N` makes it N independent blocks side by side, one per channel group (input and output
+    channels are totals, split in N equal groups): grouped convolutions never mix groups and BatchNorm is
+    per channel, so this is exactly N separate BasicBlocks with the same parameter count -- in a third
+    of the operator calls, which is what costs most on a CPU at small widths (the per-task branches of
+    PAD-Net / MTI-Net use it, one group per task)."""
+
+    def __init__(self, cin: int, cout: int, groups: int = 1, project: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False, groups=groups)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False, groups=groups)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (nn.Identity() if cin == cout else
-                         nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)))
+        self.shortcut = (nn.Identity() if cin == cout and not project else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False, groups=groups), nn.BatchNorm2d(cout)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)

@@ -21,18 +21,12 @@ from .heads import BasicBlock, DenseHead, upsample_to
 from .registry import check_input, register_model
 
 
-def projecting_block(cin: int, cout: int) -> BasicBlock:
-    """A BasicBlock whose shortcut is always a 1x1 conv + BN (MTI-Net: the first block of a task branch).
-
-    heads.BasicBlock projects only when the width changes; always projecting keeps the parameter
-    names of a branch independent of its input width (e.g. with or without the FPM input)."""
-    block = BasicBlock(cin, cout)
-    block.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-    return block
-
-
 class InitialTaskPrediction(nn.Module):
     """Per task: two BasicBlocks to `width` (task features) + a 1x1 conv with bias (initial prediction).
+
+    The first block of every branch projects its shortcut (1x1 conv + BN), as in MTI-Net's code. All
+    task branches run as one grouped BasicBlock stack (heads.BasicBlock, one group per task: the same
+    layers and parameters as separate branches, fewer operator calls).
 
     `forward(x)` takes one shared map or a {task: map} dict (MTI-Net feeds each task its own input) and
     returns ({task: features}, {task: prediction}); the predictions get deep supervision. With
@@ -41,14 +35,18 @@ class InitialTaskPrediction(nn.Module):
 
     def __init__(self, tasks: dict[str, TaskSpec], cin: int, width: int, predict: bool = True):
         super().__init__()
-        self.features = nn.ModuleDict({
-            name: nn.Sequential(projecting_block(cin, width), BasicBlock(width, width)) for name in tasks})
+        self.tasks, self.in_channels, self.width = list(tasks), cin, width
+        n = len(self.tasks)
+        self.features = nn.Sequential(BasicBlock(n * cin, n * width, groups=n, project=True),
+                                      BasicBlock(n * width, n * width, groups=n))
         self.predictions = nn.ModuleDict({name: nn.Conv2d(width, spec.channels, 1)
                                           for name, spec in tasks.items()} if predict else {})
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        features = {name: branch(x[name] if isinstance(x, dict) else x)
-                    for name, branch in self.features.items()}
+        # task-major channel groups: group i is task i's input (a shared map is repeated per task)
+        stacked = (torch.cat([x[t] for t in self.tasks], dim=1) if isinstance(x, dict)
+                   else x.repeat(1, len(self.tasks), 1, 1))
+        features = dict(zip(self.tasks, self.features(stacked).chunk(len(self.tasks), dim=1), strict=True))
         predictions = {name: conv(features[name]) for name, conv in self.predictions.items()}
         return features, predictions
 
@@ -62,6 +60,10 @@ class MultiModalDistillation(nn.Module):
     code the gate is computed from the source features F_a (the PAD-Net paper computes it from F_t).
     `targets` (default: all tasks) are the tasks that receive messages; every task in `tasks` sends.
 
+    All the convolutions that read one source are stacked into one convolution with 2·K·C outputs (K =
+    the source's receivers): the same weights as K gate and K message convolutions, one operator call.
+    `receivers[a]` lists source a's targets in the order of its output blocks [gates..., messages...].
+
     `forward({task: F})` returns ({target: F_out}, {target: {source: gate map in [0, 1]}}).
     """
 
@@ -69,20 +71,20 @@ class MultiModalDistillation(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
         self.targets = list(self.tasks if targets is None else targets)
-
-        def conv_per_pair():
-            return nn.ModuleDict({t: nn.ModuleDict({a: nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-                                                    for a in self.tasks if a != t}) for t in self.targets})
-
-        self.gate = conv_per_pair()
-        self.message = conv_per_pair()
+        self.receivers = {a: [t for t in self.targets if t != a] for a in self.tasks}
+        self.source = nn.ModuleDict({a: nn.Conv2d(channels, 2 * len(receivers) * channels, 3, padding=1,
+                                                  bias=False)
+                                     for a, receivers in self.receivers.items() if receivers})
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        out, attention = {}, {}
-        for t in self.targets:
-            attention[t] = {a: torch.sigmoid(self.gate[t][a](features[a])) for a in self.gate[t]}
-            messages = [attention[t][a] * self.message[t][a](features[a]) for a in self.gate[t]]
-            out[t] = features[t] + sum(messages) if messages else features[t]
+        attention = {t: {} for t in self.targets}
+        messages = {t: [] for t in self.targets}
+        for a, conv in self.source.items():
+            blocks = conv(features[a]).chunk(2 * len(self.receivers[a]), dim=1)
+            for k, t in enumerate(self.receivers[a]):
+                attention[t][a] = torch.sigmoid(blocks[k])
+                messages[t].append(attention[t][a] * blocks[len(self.receivers[a]) + k])
+        out = {t: features[t] + sum(messages[t]) if messages[t] else features[t] for t in self.targets}
         return out, attention
 
 
