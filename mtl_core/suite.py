@@ -83,8 +83,11 @@ def run_notebook(name: str, profile: str, output_root: Path,
     params = {"profile": profile, "output_dir": str(out_dir), **(parameters or {})}
     start = time.perf_counter()
     try:
+        # MTL_CORE_CELL_TIMEOUT (seconds per cell; unset: no limit) turns a stalled kernel into a failure
+        timeout = os.environ.get("MTL_CORE_CELL_TIMEOUT")
+        timeout = int(timeout) if timeout else None
         papermill.execute_notebook(str(source), str(target), parameters=params, cwd=str(PROJECT),
-                                   progress_bar=False, kernel_name="python3")
+                                   execution_timeout=timeout, progress_bar=False, kernel_name="python3")
     except Exception as exc:  # noqa: BLE001 -- any failure is reported and the suite goes on
         return NotebookResult(name, "failed", time.perf_counter() - start, target, _describe_failure(exc))
     summary = out_dir / "summary.md"

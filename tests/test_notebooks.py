@@ -35,6 +35,7 @@ def ci_suite(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("suite")
     patch = pytest.MonkeyPatch()
     patch.setenv("MTL_CORE_RUNS", str(tmp / "runs"))  # inherited by the notebooks' kernels
+    patch.setenv("MTL_CORE_CELL_TIMEOUT", "900")  # a stalled cell fails its notebook instead of hanging CI
     try:
         report = suite.run_suite("ci", jobs=2, output_root=tmp / "outputs", only=SUITE, log=lambda _: None)
     finally:

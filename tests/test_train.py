@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mtl_core import runs, train
+from mtl_core.cli import main as cli_main
 from mtl_core.runs import load_results, run_directory, train_or_load
 from mtl_core.train import TrainConfig, fit
 
@@ -181,6 +182,21 @@ def test_cli_reports_invalid_config_and_has_help(tmp_path):
     out, _ = proc.communicate(timeout=120)
     for option in ("--model", "--tasks", "--weighting", "--precision", "--train-domains", "--force"):
         assert option in out
+
+
+def test_data_command_builds_every_set_the_suite_trains_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_CORE_DATA", str(tmp_path))
+    assert cli_main(["data", "--profile", "ci", "--workers", "1"]) == 0
+
+    def cached():
+        return sorted(p.name for p in (tmp_path / "synthetic").iterdir() if p.is_dir())
+
+    built = cached()
+    assert len(built) == 5 and any(n.startswith("train-render-") and "-s1-" in n for n in built)
+    # sensor + render training takes its render part from the next seed (make_datasets): no new set
+    config = TrainConfig(train_domains=("sensor", "render"), val_domain="sensor", num_train=64, num_val=32)
+    train.make_datasets(config)
+    assert cached() == built
 
 
 def test_cli_results_table(tmp_path):
