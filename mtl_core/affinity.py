@@ -38,9 +38,10 @@ import pandas as pd
 import torch
 from scipy.stats import rankdata
 
+from .data.cache import atomic_write
 from .losses import task_losses
 from .plots import save_figure
-from .runs import atomic_write, config_hash, default_runs_root
+from .runs import config_hash, default_runs_root
 from .train import TrainConfig, fit, validate
 
 # ----------------------------------------------------------------------------------------------

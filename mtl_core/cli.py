@@ -4,6 +4,7 @@
     train    train one config (or return its stored result); works under `torchrun --nproc_per_node N`
     results  a table of the stored runs
     suite    execute the notebook suite through papermill into outputs/<profile>/
+    notebook execute one notebook with parameters (only those it declares)
 """
 
 from __future__ import annotations
@@ -168,6 +169,53 @@ def _suite(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
+def _parameter_value(text: str):
+    """A -p value as papermill's command line reads it: None, true/false, numbers, YAML lists, else text."""
+    import yaml
+
+    if text in ("None", "none", "null"):
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _notebook(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .suite import NOTEBOOKS, PROJECT, SuiteReport, run_notebook, write_report
+
+    name = args.name.removesuffix(".ipynb").split("/")[-1]
+    if name not in NOTEBOOKS:
+        print(f"error: notebook {args.name!r}: choose from {NOTEBOOKS}", file=sys.stderr)
+        return 2
+    parameters = {key: _parameter_value(value) for key, value in args.parameter}
+    for text in args.yaml:
+        values = yaml.safe_load(text)
+        if not isinstance(values, dict):
+            print(f"error: -y {text!r}: expected a YAML mapping, e.g. 'seeds: [0, 1]'", file=sys.stderr)
+            return 2
+        parameters.update(values)
+    profile = parameters.pop("profile", args.profile)  # `-p profile quick` works as papermill's does
+    if profile not in PROFILES:
+        print(f"error: profile={profile!r}: choose from {sorted(PROFILES)}", file=sys.stderr)
+        return 2
+    output = Path(args.output) if args.output else PROJECT / "outputs" / profile
+    try:
+        result = run_notebook(name, profile, output, parameters)
+    except ValueError as exc:  # an undeclared parameter: refused before anything runs
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_report(SuiteReport(profile, [result]), output)
+    print(f"{name}: {result.status} in {result.seconds / 60:.1f} min -> {result.output}")
+    if result.error:
+        print(result.error, file=sys.stderr)
+    return 0 if result.status == "passed" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mtl_core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthetic, nyud_mt, nyuv2_mat, nyuv2_mtan or pascal_mt")
     suite.add_argument("--data-dir", default=None, help="the dataset's folder (real datasets)")
     suite.set_defaults(func=_suite)
+
+    notebook = sub.add_parser(
+        "notebook", help="execute one notebook with parameters",
+        description="Execute one notebook through papermill into <output>/<name>.ipynb (figures and summary "
+                    "in <output>/<name>/), as the suite does. Parameters the notebook does not declare in "
+                    "its `parameters` cell are refused, with the list of those it declares.")
+    notebook.add_argument("name", help="e.g. 01_train (from notebooks/)")
+    notebook.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                          help="a parameter; the value is read as YAML (numbers, true/false, None, [lists])")
+    notebook.add_argument("-y", "--yaml", action="append", default=[],
+                          help="parameters as a YAML mapping, e.g. 'tasks: [semseg, depth]'")
+    notebook.add_argument("--profile", default="ci", choices=sorted(PROFILES),
+                          help="ci (seconds, the default), quick or full")
+    notebook.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
+    notebook.set_defaults(func=_notebook)
     return parser
 
 

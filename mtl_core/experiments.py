@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data.cache import write_text_atomic
 from .metrics import delta_m
 from .profiles import get_profile
 from .runs import RunResult, train_or_load
@@ -211,16 +212,18 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write_summary(output_dir: str | os.PathLike, title: str,
-                  sections: Mapping[str, pd.DataFrame | str]) -> Path:
+                  sections: Mapping[str, pd.DataFrame | str], left_out: Iterable[str] = ()) -> Path:
     """The notebook's `summary.md` (the suite report includes it): a title, then each section as a
-    markdown table or text. Written atomically."""
+    markdown table or text, then what the profile left out (variants a larger profile trains).
+    Written atomically."""
     lines = [f"### {title}", ""]
     for heading, body in sections.items():
         lines += [f"**{heading}**", ""]
         lines += [markdown_table(body) if isinstance(body, pd.DataFrame) else str(body), ""]
+    left_out = list(left_out)
+    if left_out:
+        lines += [f"**Left out by this profile** (the `full` profile runs them): {', '.join(left_out)}", ""]
     path = Path(output_dir) / "summary.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
     return path

@@ -15,6 +15,7 @@ Error maps are NaN where the label is missing, so a hole in the ground truth nev
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -440,13 +441,38 @@ def render_view(view: str, sample: dict, outputs: dict, dataset=None, save_to=No
 # ---------------------------------------------------------------- the widget
 
 
-def run_label(row) -> str:
-    """A short description of a stored run for the drop-down."""
-    options = row.get("model_options") or {}
-    extra = f" {options}" if options else ""
-    size = "×".join(map(str, row.get("size") or ()))
-    return (f"{row['model']}{extra} · {'+'.join(row['tasks'])} · {row.get('weighting', 'fixed')} · {size} · "
-            f"{row.get('epochs', '?')} ep · seed {row.get('seed', '?')} — {row['run']}")
+def run_labels(table: pd.DataFrame) -> dict[str, str]:
+    """{run: label} for the drop-down: the model and tasks, then every config field in which this run
+    differs from another stored run of the same model (so no two labels read alike)."""
+    from dataclasses import fields
+
+    config_fields = [f.name for f in fields(TrainConfig)
+                     if f.name in table and f.name not in ("model", "tasks")]
+    labels = {}
+    for _, group in table.groupby("model", sort=False):
+        varying = [c for c in config_fields
+                   if len({json.dumps(_plain(v), sort_keys=True, default=str) for v in group[c]}) > 1]
+        for _, row in group.iterrows():
+            parts = [row["model"], "+".join(row["tasks"])]
+            parts += [f"{c}={_short(row[c])}" for c in varying]
+            labels[row["run"]] = " · ".join(parts) + f" — {row['run']}"
+    return labels
+
+
+def _plain(value):
+    # pandas turns None into NaN, JSON turns tuples into lists: compare what they stand for
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _short(value) -> str:
+    value = _plain(value)
+    if isinstance(value, list):
+        return "+".join(map(str, value)) if all(not isinstance(v, list | dict) for v in value) else str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def run_inspector(table: pd.DataFrame, initial: str | None = None, image: int = 0, root=None):
@@ -457,44 +483,41 @@ def run_inspector(table: pd.DataFrame, initial: str | None = None, image: int = 
     the output area instead of breaking the widget.
     """
     import ipywidgets as ipw
-    from IPython.display import display
 
     if "status" in table:
         table = table[table["status"] == "complete"]
     if table.empty:
         raise ValueError("run_inspector: no complete stored run (train one with experiments.run_variants)")
-    names = list(table["run"])
-    run = ipw.Dropdown(options=[(run_label(r), r["run"]) for _, r in table.iterrows()],
+    names, labels = list(table["run"]), run_labels(table)
+    run = ipw.Dropdown(options=[(labels[name], name) for name in names],
                        value=initial if initial in names else names[0], description="run",
                        layout=ipw.Layout(width="95%"))
     index = ipw.IntSlider(value=image, min=0, max=max(image, 0), description="image", continuous_update=False)
     view = ipw.Dropdown(options=list(VIEWS), description="view")
-    out = ipw.Output()
+    figure, message = ipw.Image(format="png"), ipw.HTML()
     updating = [False]  # set while the controls are adjusted to a new run: no redraw per adjustment
 
     def draw(_change=None) -> None:
         if updating[0]:
             return
-        with out:
-            out.clear_output(wait=True)  # wait: no flicker while the new figure is drawn
-            try:
-                _, model, dataset = open_run(run.value, root)
-                updating[0] = True
-                index.max = len(dataset) - 1
-                sample = dataset[index.value]
-                outputs = predict(model, sample)
-                views = available_views(outputs, sample)
-                view.options = views
-                view.value = view.value if view.value in views else views[0]
-                updating[0] = False
-                fig = render_view(view.value, sample, outputs, dataset)
-                display(fig)
-                plt.close(fig)  # shown once, inside the Output, not again by the inline backend
-            except Exception as exc:  # noqa: BLE001 -- a run that cannot be shown must not break the widget
-                updating[0] = False
-                print(f"cannot show {run.value}: {type(exc).__name__}: {exc}")
+        try:
+            _, model, dataset = open_run(run.value, root)
+            updating[0] = True
+            index.max = len(dataset) - 1
+            sample = dataset[index.value]
+            outputs = predict(model, sample)
+            views = available_views(outputs, sample)
+            view.options = views
+            view.value = view.value if view.value in views else views[0]
+            updating[0] = False
+            figure.value = plots.figure_png(render_view(view.value, sample, outputs, dataset))
+            message.value = ""
+        except Exception as exc:  # noqa: BLE001 -- a run that cannot be shown must not break the widget
+            updating[0] = False
+            text = f"cannot show {run.value}: {type(exc).__name__}: {exc}"
+            message.value = f"<pre>{html.escape(text)}</pre>"
 
     for control in (run, index, view):
         control.observe(draw, names="value")
     draw()
-    return ipw.VBox([run, ipw.HBox([index, view]), out])
+    return ipw.VBox([run, ipw.HBox([index, view]), message, figure])

@@ -2,7 +2,7 @@
 
 Every plotting function returns its matplotlib Figure and takes `save_to` (a PNG path, folders are
 created), because the notebooks save each figure they show to their output folder. Inputs follow
-the batch-dict convention of DESIGN.md, unbatched: a dataset item (tensors, maps channel-first) or
+the batch-dict convention (data/README.md, "The batch dict"), unbatched: a dataset item (tensors, maps channel-first) or
 numpy arrays (maps channel-first or channel-last, as `SyntheticScenes.raw` stores them).
 Missing annotations are drawn, never hidden: depth 0 is black, an all-zero normal is grey, a
 missing scene label reads "missing".
@@ -67,6 +67,16 @@ def save_figure(fig, save_to) -> None:
         path = Path(save_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def figure_png(fig) -> bytes:
+    """`fig` as PNG bytes (what the explorers' image widgets show), closed afterwards."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def describe_sample(sample: dict) -> pd.DataFrame:
@@ -140,7 +150,7 @@ def _colorize(task: str, sample: dict, num_classes: int) -> np.ndarray:
 
 
 def _is_missing(task: str, sample: dict) -> bool:
-    """A whole modality marked missing (DESIGN.md): depth all 0, normals all 0, edge/sal all 255."""
+    """A whole modality marked missing (data/README.md, "The batch dict"): depth all 0, normals all 0, edge/sal all 255."""
     a = _np(sample[task])
     if task in ("depth", "normals"):
         return not np.any(a != 0)

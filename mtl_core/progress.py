@@ -1,11 +1,17 @@
-"""Progress bars that show up in JupyterLab and terminals, and stay quiet in CI and pipelines."""
+"""Progress that shows up in terminals and JupyterLab, and one line per step of work elsewhere.
+
+In a terminal: a tqdm bar. In a notebook: the same bar as text on stdout, not tqdm's widget bar: a
+closed widget bar leaves a dangling widget output that reads "model not found" once the notebook is
+saved and reopened, while text stays readable. Without either (CI, pipes, MTL_CORE_PROGRESS=0) no bar
+is drawn and `report` prints one line per epoch / per cache instead.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def interactive() -> bool:
@@ -18,6 +24,14 @@ def interactive() -> bool:
 
 
 def progress_bar(total: int | None = None, desc: str = "", enable: bool | None = None, **kwargs) -> tqdm:
-    """A tqdm.auto bar; `enable=None` means: only when `interactive()`."""
+    """A text tqdm bar (stdout in a notebook, stderr in a terminal); `enable=None`: if `interactive()`."""
     enable = interactive() if enable is None else enable
-    return tqdm(total=total, desc=desc, disable=not enable, leave=False, **kwargs)
+    stream = sys.stdout if "ipykernel" in sys.modules and not sys.stderr.isatty() else sys.stderr
+    return tqdm(total=total, desc=desc, disable=not enable, leave=False, file=stream, dynamic_ncols=True,
+                **kwargs)
+
+
+def report(bar: tqdm, line: str) -> None:
+    """One line of figures for a finished step of work, printed where no bar showed the progress."""
+    if bar.disable:
+        print(line, flush=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .data.cache import file_lock
+from .data.cache import atomic_write, file_lock
 from .train import TrainConfig, distributed_context, fit, make_dataset, validate
 
 
@@ -47,21 +46,6 @@ STORE_VERSION = 2
 def config_hash(config: TrainConfig) -> str:
     blob = json.dumps({**config.to_dict(), "store_version": STORE_VERSION}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through `write(file_object)` into a temporary file, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, value) -> None:

@@ -9,17 +9,23 @@ notebook that needs the same config as another, reuses stored runs instead of tr
 A failing notebook is reported with its failing cell; the others still run (those that depend on
 it are skipped) and the exit code is 1. The report covers the latest result of every notebook
 executed into the folder, so a `--only` run updates its notebooks and keeps the others.
+
+Every notebook runs on the project's Jupyter kernel `mtl_core` (registered in this environment on
+first use), and gets only the parameters it declares: a misspelt parameter is refused by name.
+`MTL_CORE_CELL_TIMEOUT` (seconds) limits each cell: a cell that exceeds it fails its notebook.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.cache import write_text_atomic
 from .profiles import PROFILES
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -38,6 +44,76 @@ DEPENDS = {
     "06_inspector": ["01_train", "03_mtinet_ablation", "04_rock_ablation"],
 }
 NOTEBOOKS = list(DEPENDS)
+KERNEL = "mtl_core"  # the kernel every committed notebook names
+KERNEL_DISPLAY_NAME = "Python (mtl_core)"
+
+
+def ensure_kernel() -> str:
+    """Register the kernel `mtl_core` for this Python in this environment (sys.prefix, not per user: two
+    checkouts never overwrite each other's) unless it is there already; return its name."""
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def python_of_kernel() -> Path | None:
+        try:
+            return Path(KernelSpecManager().get_kernel_spec(KERNEL).argv[0]).resolve()
+        except NoSuchKernel:
+            return None
+
+    here = Path(sys.executable).resolve()
+    if python_of_kernel() != here:
+        install(kernel_name=KERNEL, display_name=KERNEL_DISPLAY_NAME, prefix=sys.prefix)
+        if python_of_kernel() != here:  # another registration of the name takes precedence over ours
+            where = KernelSpecManager().find_kernel_specs().get(KERNEL)
+            raise RuntimeError(f"the Jupyter kernel {KERNEL!r} at {where} runs {python_of_kernel()}, not "
+                               f"{here}: remove it (`jupyter kernelspec remove {KERNEL}`) and run again")
+    return KERNEL
+
+
+ENGINE = "mtl_core"  # papermill engine name: nbclient without its Output-widget mirror (run_notebook)
+
+
+def _register_engine() -> None:
+    """papermill's nbclient engine with one change: nbclient mirrors ipywidgets' Output widgets by sending
+    comm messages on the kernel's shell socket while it polls that same socket for the cell's reply.
+    The send swallows the socket's edge-triggered wake-up, so the reply sits unread until the poll times
+    out: the cell then "completes" after exactly the cell time limit, or never without one. Without the
+    mirror, what an Output widget captures lands in the cell's own outputs, which is what an executed
+    (non-interactive) notebook needs anyway."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import Engine, papermill_engines
+
+    class Client(PapermillNotebookClient):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.widget_registry = {}
+
+    class NoOutputMirrorEngine(Engine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
+                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+            kwargs.pop("input_path", None)
+            client = Client(nb_man, kernel_name=kernel_name, timeout=execution_timeout,
+                            startup_timeout=start_timeout, log_output=log_output, stdout_file=stdout_file,
+                            stderr_file=stderr_file, **kwargs)
+            return client.execute()
+
+    papermill_engines.register(ENGINE, NoOutputMirrorEngine)
+
+
+def declared_parameters(source: Path) -> dict[str, dict]:
+    """The parameters a notebook declares in its `parameters` cell (name -> papermill's description)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(source))
+
+
+def check_parameters(source: Path, parameters: dict) -> None:
+    """Refuse parameters the notebook does not declare (papermill would only warn and run the defaults)."""
+    declared = declared_parameters(source)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"{source.name}: unknown parameter(s) {unknown}; it declares {sorted(declared)}")
 
 
 @dataclass
@@ -62,34 +138,51 @@ class SuiteReport:
         return all(r.status == "passed" for r in self.results)
 
 
-def _describe_failure(exc: Exception) -> str:
-    """The failing cell and exception, from papermill's PapermillExecutionError."""
+def _describe_failure(exc: Exception, executed: Path) -> str:
+    """The failing cell and exception: from papermill's PapermillExecutionError, or, for a cell that
+    exceeded the time limit, the last cell that started in the executed notebook."""
     if hasattr(exc, "exec_count"):
         return (f"cell [{exc.exec_count}] (index {exc.cell_index}) raised {exc.ename}: {exc.evalue}\n\n"
                 f"```\n{exc.source}\n```")
+    from nbclient.exceptions import CellTimeoutError
+
+    if isinstance(exc, CellTimeoutError) and executed.exists():
+        import nbformat
+
+        cells = nbformat.read(executed, as_version=4).cells
+        started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("start_time")]
+        if started:
+            index = started[-1]
+            limit = os.environ.get("MTL_CORE_CELL_TIMEOUT")
+            return (f"cell (index {index}) exceeded the time limit of {limit} s per cell "
+                    f"(MTL_CORE_CELL_TIMEOUT)\n\n```\n{cells[index].source}\n```")
     return f"{type(exc).__name__}: {exc}"
 
 
 def run_notebook(name: str, profile: str, output_root: Path,
                  parameters: dict | None = None) -> NotebookResult:
+    """Execute one notebook into output_root/<name>.ipynb (figures and summary in output_root/<name>/).
+    Raises ValueError, before anything runs, for a parameter the notebook does not declare."""
     import papermill
 
     source = NOTEBOOK_DIR / f"{name}.ipynb"
     if not source.exists():
         raise FileNotFoundError(f"notebook {name!r}: {source} does not exist; choose from {NOTEBOOKS}")
     out_dir = output_root / name
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = output_root / f"{name}.ipynb"
     params = {"profile": profile, "output_dir": str(out_dir), **(parameters or {})}
+    check_parameters(source, params)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timeout = os.environ.get("MTL_CORE_CELL_TIMEOUT")  # seconds per cell; unset: no limit
+    _register_engine()
     start = time.perf_counter()
     try:
-        # MTL_CORE_CELL_TIMEOUT (seconds per cell; unset: no limit) turns a stalled kernel into a failure
-        timeout = os.environ.get("MTL_CORE_CELL_TIMEOUT")
-        timeout = int(timeout) if timeout else None
         papermill.execute_notebook(str(source), str(target), parameters=params, cwd=str(PROJECT),
-                                   execution_timeout=timeout, progress_bar=False, kernel_name="python3")
+                                   execution_timeout=int(timeout) if timeout else None, progress_bar=False,
+                                   kernel_name=ensure_kernel(), engine_name=ENGINE)
     except Exception as exc:  # noqa: BLE001 -- any failure is reported and the suite goes on
-        return NotebookResult(name, "failed", time.perf_counter() - start, target, _describe_failure(exc))
+        return NotebookResult(name, "failed", time.perf_counter() - start, target,
+                              _describe_failure(exc, target))
     summary = out_dir / "summary.md"
     return NotebookResult(name, "passed", time.perf_counter() - start, target,
                           summary=summary.read_text() if summary.exists() else "")
@@ -136,11 +229,8 @@ def write_report(report: SuiteReport, output_root: Path, wall_seconds: float | N
             summary = folder / "summary.md"
             lines += [summary.read_text() if summary.exists() else "_(no summary)_"]
             lines += [""] + [f"![{f.stem}]({name}/{f.name})" for f in sorted(folder.glob("*.png"))]
-    for filename, text in (("suite.json", json.dumps(state, indent=1)),
-                           ("report.md", "\n".join(lines) + "\n")):
-        tmp = output_root / f".{filename}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, output_root / filename)  # never half a report
+    write_text_atomic(output_root / "suite.json", json.dumps(state, indent=1))
+    write_text_atomic(output_root / "report.md", "\n".join(lines) + "\n")  # never half a report
     return output_root / "report.md"
 
 
@@ -159,6 +249,7 @@ def run_suite(profile: str = "quick", jobs: int = 1, output_root: str | os.PathL
             raise FileNotFoundError(f"notebook {name!r}: {NOTEBOOK_DIR / (name + '.ipynb')} is missing")
     output_root = Path(output_root or PROJECT / "outputs" / profile)
     output_root.mkdir(parents=True, exist_ok=True)
+    ensure_kernel()  # once, before the notebooks run side by side
     # the kernels share the cores: each gets its share of threads (inherited through the environment)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     os.environ.setdefault("MTL_CORE_PROGRESS", "0")
@@ -179,7 +270,10 @@ def run_suite(profile: str = "quick", jobs: int = 1, output_root: str | os.PathL
                     log(f"[suite] {name}: skipped (depends on {failed})")
                 elif all(d in done for d in needs) and len(running) < jobs:
                     log(f"[suite] {name}: running")
-                    running[pool.submit(run_notebook, name, profile, output_root, parameters)] = name
+                    # suite-wide parameters (e.g. dataset) go to the notebooks that declare them
+                    declared = declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
+                    own = {k: v for k, v in (parameters or {}).items() if k in declared}
+                    running[pool.submit(run_notebook, name, profile, output_root, own)] = name
                     pending.remove(name)
             if not running:
                 continue

@@ -30,7 +30,7 @@ from .data.transforms import train_transforms
 from .losses import task_losses
 from .metrics import MetricSuite
 from .models import BACKBONES, build_model, list_models
-from .progress import progress_bar
+from .progress import progress_bar, report
 from .tasks import TASK_NAMES, make_tasks
 from .weighting import WEIGHTINGS, build_weighting
 
@@ -327,6 +327,9 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
         schedule.load_state_dict(state["schedule"])
         weighting.load_state_dict(state["weighting"])
         start_epoch, metrics = state["epoch"] + 1, state.get("metrics", {})
+        if rank == 0:
+            print(f"resuming {store.directory.name} from its checkpoint: epoch {start_epoch + 1} of "
+                  f"{config.epochs} ({start_epoch} done)", flush=True)
     if world > 1:
         if getattr(weighting, "needs_task_gradients", False):
             raise ValueError(f"weighting={config.weighting!r} manipulates per-task gradients, which "
@@ -368,6 +371,14 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
             if rank == 0:
                 metrics = evaluate(unwrap(model), val_loader, tasks, device, dtype)
                 record.update(metrics)
+        if rank == 0:
+            name = f"{store.directory.name} " if store is not None else ""
+            losses = " ".join(f"{k[5:]} {v:.4g}" for k, v in record.items() if k.startswith("loss/"))
+            validated = " ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                 if "/" in k and not k.startswith(("loss/", "weight/", "val_loss/")))
+            report(bar, f"{name}epoch {epoch + 1}/{config.epochs}: loss {losses}"
+                   + (f" | val {validated}" if validated else "")
+                   + f" | {record['images_per_second']:.0f} img/s, {record['seconds']:.1f} s")
         if store is not None and rank == 0:
             state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "weighting": weighting.state_dict(),

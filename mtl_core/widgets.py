@@ -1,16 +1,16 @@
 """Interactive explorers for JupyterLab (ipywidgets).
 
 They need a live kernel to react to the controls; executed non-interactively (papermill, nbconvert)
-they still build and render their initial state, so notebooks that show them run in CI.
+they still build and render their initial state, so notebooks that show them run in CI. The figure is
+an image widget (PNG) rather than an Output widget: its state is saved with the notebook, and
+nbclient (papermill) can stall on Output widgets until its cell timeout.
 """
 
 from __future__ import annotations
 
 import ipywidgets as ipw
-import matplotlib.pyplot as plt
-from IPython.display import display
 
-from .plots import OVERLAYS, show_sample
+from .plots import OVERLAYS, figure_png, show_sample
 
 
 def sample_browser(datasets: dict, overlay: str = "boxes", tasks=None) -> ipw.VBox:
@@ -26,16 +26,12 @@ def sample_browser(datasets: dict, overlay: str = "boxes", tasks=None) -> ipw.VB
     index = ipw.IntSlider(value=0, min=0, max=count - 1, description="sample", continuous_update=False)
     domain = ipw.Dropdown(options=list(datasets), description="domain")
     shown = ipw.Dropdown(options=list(OVERLAYS), value=overlay, description="overlay")
-    out = ipw.Output()
+    out = ipw.Image(format="png")
 
     def draw(_change=None) -> None:
         ds = datasets[domain.value]
-        with out:
-            out.clear_output(wait=True)  # wait: no flicker while the new figure is drawn
-            fig = show_sample(ds[index.value], ds.classes, ds.det_classes, ds.scene_classes, tasks=tasks,
-                              overlay=shown.value)
-            display(fig)
-            plt.close(fig)  # shown once, inside the Output, not again by the inline backend
+        out.value = figure_png(show_sample(ds[index.value], ds.classes, ds.det_classes, ds.scene_classes,
+                                           tasks=tasks, overlay=shown.value))
 
     for control in (index, domain, shown):
         control.observe(draw, names="value")

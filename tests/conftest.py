@@ -1,6 +1,42 @@
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from mtl_core.data.synthetic import RenderSpec, render_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+WATCHED = ("data", "runs", "outputs")  # where the project keeps what it generates: tests write elsewhere
+
+
+def _snapshot() -> set[str]:
+    return {str(p.relative_to(ROOT)) for name in WATCHED if (ROOT / name).exists()
+            for p in (ROOT / name).rglob("*")}
+
+
+def pytest_configure(config):
+    """Every cache, run store and output of the tests goes to one temporary folder (shared by the
+    xdist workers, which inherit the environment, and by the notebooks' kernels)."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set it up
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="mtl_core-tests-"))
+    config._mtl_core_scratch = scratch
+    os.environ["MTL_CORE_DATA"] = str(scratch / "data")
+    os.environ["MTL_CORE_RUNS"] = str(scratch / "runs")
+    config._mtl_core_snapshot = _snapshot()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if not hasattr(config, "_mtl_core_snapshot"):
+        return
+    new = sorted(_snapshot() - config._mtl_core_snapshot)
+    if new:  # a test wrote into the project: fail the run, naming the files
+        print(f"\nerror: the tests wrote into the project's {'/'.join(WATCHED)}: {new[:10]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(config._mtl_core_scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_core import plots
+from mtl_core import plots, suite
 from mtl_core.data.synthetic import SyntheticScenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def sensor_ds(tmp_path_factory):
 
 def test_notebook_is_committed_clean_with_one_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"]["name"] == suite.KERNEL
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     for name in ("profile", "seed", "output_dir", "data_dir", "num_gallery"):
@@ -53,15 +53,13 @@ def test_notebook_is_committed_clean_with_one_parameters_cell():
 
 @pytest.mark.slow
 def test_notebook_executes_and_saves_its_figures(tmp_path, monkeypatch):
-    papermill = pytest.importorskip("papermill")
     # the kernel inherits the environment: no cache is ever written into the repository's data/
     monkeypatch.setenv("MTL_CORE_DATA", str(tmp_path / "env-data"))
     monkeypatch.setenv("MTL_CORE_PROGRESS", "0")
-    out = tmp_path / "tour"
-    executed = tmp_path / "executed.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(executed), kernel_name="python3", cwd=str(ROOT), progress_bar=False,
-        parameters={"profile": "ci", "output_dir": str(out), "data_dir": str(tmp_path / "data")})
+    result = suite.run_notebook("00_data_tour", "ci", tmp_path, {"data_dir": str(tmp_path / "data")})
+    assert result.status == "passed", result.error
+    out, executed = tmp_path / "00_data_tour", result.output
+    assert (out / "summary.md").read_text().startswith("### 00")
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
@@ -197,7 +195,10 @@ def test_sample_browser_builds_and_redraws(render_ds, sensor_ds):
     controls, out = box.children
     index, domain, overlay = controls.children
     assert index.max == len(render_ds) - 1 and list(domain.options) == ["render", "sensor"]
+    first = bytes(out.value)
+    assert first.startswith(b"\x89PNG")  # the first view is drawn at once
     index.value, domain.value, overlay.value = 3, "sensor", "normals"  # each change redraws
-    assert not plt.get_fignums()  # figures are closed after being shown in the Output
+    assert bytes(out.value).startswith(b"\x89PNG") and bytes(out.value) != first
+    assert not plt.get_fignums()  # figures are closed once turned into the widget's PNG
     with pytest.raises(ValueError):
         sample_browser({})

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # before pyplot: tests never open windows
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,18 +258,21 @@ def test_load_run_restores_the_stored_weights(stored):
 
 
 @pytest.mark.slow
-def test_run_inspector_draws_the_default_run_and_follows_the_view(stored, capsys):
+def test_run_inspector_draws_the_default_run_and_follows_the_view(stored):
     root, config, _ = stored
     widget = inspector.run_inspector(load_results(root), root=root)
-    run, (index, view), _ = widget.children[0], widget.children[1].children, widget.children[2]
+    run, controls, message, figure = widget.children
+    index, view = controls.children
     assert run.value == run_directory(config, root).name
     assert index.max == 1  # the run's 2 validation images
     assert list(view.options) == ["predictions", "per-scale predictions", "distillation attention"]
+    drawn = [bytes(figure.value)]
     view.value = "per-scale predictions"
+    drawn.append(bytes(figure.value))
     index.value = 1
-    printed = capsys.readouterr().out
-    assert "cannot show" not in printed  # a failure is printed into the widget instead of raised
-    assert printed.count("Figure") == 3  # outside a kernel, display() prints each figure's repr
+    drawn.append(bytes(figure.value))
+    assert message.value == ""  # a failure would be shown here instead of raised
+    assert all(png.startswith(b"\x89PNG") for png in drawn) and len(set(drawn)) == 3
 
 
 def test_open_run_keeps_the_model_until_the_run_is_retrained(stored):
@@ -281,3 +285,19 @@ def test_open_run_keeps_the_model_until_the_run_is_retrained(stored):
     stat = checkpoint.stat()
     os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # as if retrained
     assert inspector.open_run(name, root)[1] is not first[1]
+
+
+def test_run_labels_name_every_field_in_which_runs_of_a_model_differ():
+    base = TrainConfig(model="rock", tasks=("detection", "scene", "depth", "normals")).to_dict()
+    rows = [{**base, "run": "rock-a"},
+            {**base, "run": "rock-b", "train_domains": ("sensor", "render")},
+            {**base, "run": "rock-c", "val_domain": "sensor", "missing_fraction": 0.7},
+            {**base, "run": "rock-d", "backbone_options": {"dilated": True}},
+            {**TrainConfig(model="ssd", tasks=("detection",)).to_dict(), "run": "ssd-a"}]
+    labels = inspector.run_labels(pd.DataFrame(rows))
+    assert len(set(labels.values())) == 5
+    for field in ("train_domains=", "val_domain=", "missing_fraction=", "backbone_options="):
+        assert all(field in labels[r] for r in ("rock-a", "rock-b", "rock-c", "rock-d")), field
+    assert "train_domains=sensor+render" in labels["rock-b"] and "dilated: True" in labels["rock-d"]
+    assert "seed=" not in labels["rock-a"]  # the same in every rock run: not named
+    assert labels["ssd-a"] == "ssd · detection — ssd-a"  # alone of its model: nothing to tell apart

@@ -2,6 +2,7 @@
 runner, as `python -m mtl_core suite` does), and the runner reports failures without stopping."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -26,6 +27,8 @@ def test_notebook_is_committed_clean_with_one_parameters_cell(name):
     assert '\nprofile = "ci"' in source  # the default executes in seconds
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+    # the project's kernel, so that JupyterLab and papermill open it on the environment with mtl_core
+    assert nb.metadata["kernelspec"]["name"] == suite.KERNEL == "mtl_core", name
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= 3, f"{name}: too little explanation"
 
 
@@ -43,6 +46,17 @@ def ci_suite(tmp_path_factory):
     return report, tmp
 
 
+def _dangling_widget_outputs(nb) -> list:
+    """Widget outputs whose model is not in the notebook's saved widget state: what JupyterLab shows as
+    "Error displaying widget: model not found" once the notebook is reopened."""
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    saved = state.get("state", {})
+    views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+             for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    return [m for m in views if m not in saved]
+
+
 def test_every_notebook_executes_in_ci(ci_suite):
     report, tmp = ci_suite
     failures = {r.name: r.error for r in report.results if r.status != "passed"}
@@ -50,6 +64,11 @@ def test_every_notebook_executes_in_ci(ci_suite):
     assert [r.name for r in report.results] == SUITE
     for name in SUITE:
         executed = nbformat.read(tmp / "outputs" / f"{name}.ipynb", as_version=4)
+        assert executed.metadata["kernelspec"]["name"] == suite.KERNEL
+        assert not _dangling_widget_outputs(executed), name
+        shown = "".join(o["data"].get("text/plain", "") for c in executed.cells for o in c.get("outputs", [])
+                        if o.get("output_type") in ("display_data", "execute_result"))
+        assert not re.findall(r"\d\.\d{5,}", shown), name  # tables are rounded for display
         injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and 'profile = "ci"' in injected[0].source
         assert all(c.execution_count is not None for c in executed.cells if c.cell_type == "code")
@@ -87,12 +106,13 @@ def test_second_suite_run_reuses_stored_runs(ci_suite, monkeypatch):
 # ---------------------------------------------------------------- the runner on toy notebooks
 
 
-def _notebook(path: Path, body: str) -> None:
+def _notebook(path: Path, *bodies: str) -> None:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('profile = "ci"\noutput_dir = "."')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [params, *map(nbformat.v4.new_code_cell, bodies)]
+    nb.metadata["kernelspec"] = {"name": suite.KERNEL, "display_name": suite.KERNEL_DISPLAY_NAME,
+                                 "language": "python"}
     nbformat.write(nb, path)
 
 
@@ -166,3 +186,59 @@ def test_notebook_parameters_reach_the_kernel(toy_suite):
     assert result.status == "passed" and result.summary == "### ok quick"
     executed = json.loads((out / "a_ok.ipynb").read_text())
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+
+
+def test_a_cell_over_the_time_limit_fails_the_suite(toy_suite, monkeypatch, capsys):
+    _notebook(toy_suite / "notebooks" / "e_sleeps.ipynb", "x = 1", "import time\ntime.sleep(120)")
+    monkeypatch.setitem(suite.DEPENDS, "e_sleeps", [])
+    monkeypatch.setattr(suite, "NOTEBOOKS", list(suite.DEPENDS))
+    monkeypatch.setenv("MTL_CORE_CELL_TIMEOUT", "5")
+    out = toy_suite / "timeout"
+    assert cli.main(["suite", "--profile", "ci", "--output", str(out), "--only", "a_ok", "e_sleeps"]) == 1
+    report = json.loads((out / "suite.json").read_text())
+    assert report["a_ok"]["status"] == "passed" and report["e_sleeps"]["status"] == "failed"
+    error = report["e_sleeps"]["error"]
+    # index 3: the parameters cell, papermill's injected parameters, "x = 1", then the sleeping cell
+    assert "cell (index 3) exceeded the time limit of 5 s" in error and "time.sleep(120)" in error
+    assert "time.sleep(120)" in (out / "report.md").read_text()
+
+
+def test_output_widgets_and_progress_bars_neither_stall_nor_dangle(toy_suite, monkeypatch):
+    """ipywidgets' Output widget used to stall nbclient until its cell timeout (the cell then passed,
+    late); tqdm's widget bars left outputs without a saved model."""
+    widget = ("import ipywidgets as w\nfrom IPython.display import display\n"
+              "o = w.Output()\nwith o:\n    print('inside')\ndisplay(w.VBox([w.IntSlider(), o]))")
+    bar = ("import os\nos.environ['MTL_CORE_PROGRESS'] = '1'\nfrom mtl_core.progress import progress_bar\n"
+           "with progress_bar(5, 'steps') as b:\n    for _ in range(5):\n        b.update(1)")
+    _notebook(toy_suite / "notebooks" / "f_widgets.ipynb", bar, *[widget] * 40)
+    monkeypatch.setitem(suite.DEPENDS, "f_widgets", [])
+    monkeypatch.setenv("MTL_CORE_CELL_TIMEOUT", "30")
+    result = suite.run_notebook("f_widgets", "ci", toy_suite / "widgets")
+    assert result.status == "passed", result.error
+    nb = nbformat.read(result.output, as_version=4)
+    durations = [c.metadata["papermill"]["duration"] for c in nb.cells if c.cell_type == "code"]
+    assert max(durations) < 30  # no cell waited for the limit: a missed reply would take exactly 30 s
+    assert not _dangling_widget_outputs(nb)
+    progress = "".join(o.get("text", "") for o in nb.cells[2].outputs)  # after the injected parameters
+    assert "steps" in progress and not any("data" in o for o in nb.cells[2].outputs)  # text, no widget
+
+
+def test_undeclared_parameters_are_refused_by_name(toy_suite, monkeypatch, capsys):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['modle'\]; it declares \['output_dir', "
+                                         r"'profile'\]"):
+        suite.run_notebook("a_ok", "ci", toy_suite / "typo", {"modle": "mtinet"})
+    assert not (toy_suite / "typo" / "a_ok.ipynb").exists()  # refused before anything ran
+    # the suite passes its own parameters (dataset) only to the notebooks that declare them
+    assert suite.run_suite("ci", output_root=toy_suite / "s", only=["a_ok"], parameters={"dataset": "x"},
+                           log=lambda _: None).passed
+    # the command line: `python -m mtl_core notebook NAME -p key value`
+    assert cli.main(["notebook", "a_ok", "-p", "modle", "mtinet", "--output", str(toy_suite / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) ['modle']" in err and "it declares ['output_dir', 'profile']" in err
+    assert cli.main(["notebook", "a_ok", "-p", "profile", "quick", "--output", str(toy_suite / "c")]) == 0
+    assert (toy_suite / "c" / "a_ok" / "summary.md").read_text() == "### ok quick"
+
+
+def test_the_real_notebooks_refuse_a_misspelt_parameter(tmp_path):
+    with pytest.raises(ValueError, match=r"01_train.ipynb: unknown parameter\(s\) \['modle'\].*'model'"):
+        suite.run_notebook("01_train", "ci", tmp_path, {"modle": "mtinet"})

@@ -103,9 +103,18 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(tmp_path):
 
     # resume and the uninterrupted reference run in the same kind of process (same thread count):
     # floating-point reductions, hence results, depend on it
+    printed = {}
     for root in ("killed", "straight"):
         out, err = cli(*cli_args(config, tmp_path / root)).communicate(timeout=600)
         assert "trained" in out, err
+        printed[root] = out
+    # it says that it resumes, and from where; without a terminal, one line of figures per epoch
+    assert f"resuming {history.parent.name} from its checkpoint: epoch {done + 1} of 5" in printed["killed"]
+    for root, first in (("killed", done + 1), ("straight", 1)):
+        epochs = [line for line in printed[root].splitlines() if " epoch " in f" {line}" and "img/s" in line]
+        assert [int(line.split("epoch ")[1].split("/")[0]) for line in epochs] == list(range(first, 6))
+        assert "loss semseg " in epochs[-1] and "| val " in epochs[-1]  # the last epoch is validated
+    assert "resuming" not in printed["straight"]
     resumed = json.loads((history.parent / "metrics.json").read_text())
     assert [r["epoch"] for r in json.loads(history.read_text())] == [1, 2, 3, 4, 5]
     straight = json.loads((run_directory(config, tmp_path / "straight") / "metrics.json").read_text())

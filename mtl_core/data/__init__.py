@@ -1,4 +1,4 @@
-"""Datasets, augmentation and batching. Every dataset yields the batch-dict convention of DESIGN.md.
+"""Datasets, augmentation and batching. Every dataset yields the batch dict described in data/README.md.
 
 `build_dataset(name, split, data_dir, **options)` builds any of `DATASETS`: the embedded synthetic
 benchmark, or a real dataset laid out as data/README.md describes (each class documents its options).

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,9 +28,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import progress_bar
+from ..progress import progress_bar, report
 
 _VERIFIED: set[tuple[str, float]] = set()  # (directory, meta mtime) already checked in this process
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through `write(file_object)` into a temporary file, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def params_key(params: dict) -> str:
@@ -45,14 +65,23 @@ def _sha256(path: Path) -> str:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if needed) for the duration of the block."""
+    """An exclusive advisory lock on `path` for the duration of the block. The lock file is created for
+    the block and removed after it, so no empty lock files pile up."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 -- closed below, after the lock is released
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        try:  # the holder before us may have removed the file we waited on: then lock the new one
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiter on this file sees it gone and retries
+        handle.close()
 
 
 def _check(directory: Path, params: dict) -> str | None:
@@ -120,6 +149,8 @@ def _build(directory: Path, params: dict, num_samples: int, render: Callable[[in
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
+            report(bar, f"{desc}: rendered {num_samples} samples in {bar.format_dict['elapsed']:.1f} s "
+                        f"({max(workers, 1)} process{'es' if workers > 1 else ''}) -> {directory}")
         for array in fixed.values():
             array.flush()
         for name, values in rows.items():

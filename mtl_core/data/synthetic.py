@@ -1,6 +1,6 @@
 """The embedded synthetic multi-task benchmark: procedurally generated indoor scenes.
 
-`SyntheticScenes` is a torch Dataset whose items follow the batch-dict convention of DESIGN.md:
+`SyntheticScenes` is a torch Dataset whose items follow the batch-dict convention (data/README.md):
 RGB, semantic segmentation (floor, wall, ceiling + 10 furniture classes), z-depth, surface normals,
 edges, saliency, a scene (room type) label, detection boxes and camera intrinsics, all exact,
 because they come from the same ray cast that produced the image.
@@ -193,7 +193,7 @@ class SyntheticScenes(Dataset):
         seed: base seed; sample i is a pure function of (seed, split, i) and the generator version.
         root: cache folder (default: the project's data/synthetic, or $MTL_CORE_DATA/synthetic).
         missing_fraction: sensor domain only; each auxiliary annotation (depth, normals, scene) of
-            a sample is missing with this probability (default 0.3), marked as in DESIGN.md.
+            a sample is missing with this probability (default 0.3), marked as data/README.md describes.
         transform: a callable applied to each item (see `transforms.py`).
         workers: generation processes (default: all cores). progress: show a progress bar.
         min_box_pixels: objects with fewer visible pixels get no detection box

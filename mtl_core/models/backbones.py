@@ -5,7 +5,7 @@ describe them (strides 4, 8, 16, 32, or 4, 8, 16, 16 for a ResNet with a dilated
 
 - `cnn`: a small plain CNN built for the CPU at the synthetic benchmark's size (the default).
   Its 32-256-channel 3x3 convolutions keep the matrix units busy, where HRNet's many 18-36-channel
-  branches are overhead-bound on a CPU (DESIGN.md: ~2-4x faster per image at 64x64).
+  branches are overhead-bound on a CPU (measured: ~2-4x faster per image at 64x64).
 - `hrnet_w18_small_v2`: the MTI-Net paper's backbone, from timm (random init unless `checkpoint`).
 - `resnet18` / `resnet50`: torchvision; `dilated=True` keeps the last stage at stride 16 as ROCK does.
 """

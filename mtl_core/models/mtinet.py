@@ -8,7 +8,8 @@ Scale s = 0 (1/4) ... num_scales - 1 (1/32 with 4 scales), computed from the coa
     FeatureAggregation: distilled features of all scales --> upsample to 1/4, concat --> per task head
 
 Paper sections: "multi-scale multi-modal distillation", "feature propagation module" (FPM) and
-"feature aggregation". Layer widths follow the official code (DESIGN.md, "Facts: MTI-Net").
+"feature aggregation". Layer widths follow the official implementation
+(github.com/SimonVandenhende/Multi-Task-Learning-PyTorch, `models/mti_net.py`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class InitialTaskPrediction(nn.Module):
 
     def __init__(self, tasks: dict[str, TaskSpec], cin: int, width: int, predict: bool = True):
         super().__init__()
-        self.tasks, self.in_channels, self.width = list(tasks), cin, width
+        self.tasks, self.in_channels = list(tasks), cin
         n = len(self.tasks)
         self.features = nn.Sequential(BasicBlock(n * cin, n * width, groups=n, project=True),
                                       BasicBlock(n * width, n * width, groups=n))

@@ -1,0 +1,31 @@
+"""The file lock behind the data cache and the run store: mutual exclusion, and no lock file left over."""
+
+import multiprocessing as mp
+import time
+
+from mtl_core.data.cache import file_lock
+
+
+def _hold(lock, log, tag):
+    for _ in range(3):
+        with file_lock(lock):
+            with open(log, "a") as f:
+                f.write(f"in {tag}\n")
+            time.sleep(0.02)
+            with open(log, "a") as f:
+                f.write(f"out {tag}\n")
+
+
+def test_file_lock_excludes_other_processes_and_leaves_no_lock_file(tmp_path):
+    lock, log = tmp_path / "sub" / ".x.lock", tmp_path / "log.txt"
+    procs = [mp.get_context("fork").Process(target=_hold, args=(lock, log, k)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    lines = log.read_text().split()
+    pairs = list(zip(lines[0::4], lines[1::4], lines[2::4], lines[3::4], strict=True))
+    assert len(pairs) == 12  # every block ran, and never two at once: each "in k" is followed by "out k"
+    assert all(a == "in" and c == "out" and b == d for a, b, c, d in pairs)
+    assert not lock.exists()
