@@ -38,9 +38,10 @@ def default_runs_root() -> Path:
 
 
 # Part of every run's hash: bumped when the same config would train differently or store an
-# incompatible checkpoint (2: PAD-Net / MTI-Net task branches as grouped convolutions),
+# incompatible checkpoint (2: PAD-Net / MTI-Net task branches as grouped convolutions; 3: initial
+# weights seeded by seed and tasks, gradient weightings that change only the shared parameters),
 # so older runs are left in place and not mistaken for current ones.
-STORE_VERSION = 2
+STORE_VERSION = 3
 
 
 def config_hash(config: TrainConfig) -> str:

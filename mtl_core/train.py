@@ -13,6 +13,8 @@ with a DistributedSampler; `batch_size` stays the *global* batch, split over the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -142,6 +144,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 -- user code may draw from the legacy global RNG
     torch.manual_seed(seed)
+
+
+def init_seed(config: TrainConfig) -> int:
+    """The seed of a network's initial weights: a function of the seed *and* the tasks, so that networks
+    of different tasks (e.g. the single-task networks RSA compares) never start from the same weights,
+    while a config always starts from the same ones."""
+    digest = hashlib.sha256(json.dumps([config.seed, sorted(config.tasks)]).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -301,7 +311,7 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
 
     train_set, val_set, first_train = make_datasets(config)
     tasks = make_tasks(config.tasks, dataset=first_train, weights=config.loss_weights)
-    seed_everything(config.seed)
+    seed_everything(init_seed(config))
     model = build_model(config.model, tasks, backbone=config.backbone,
                         backbone_options=config.backbone_options, **config.model_options)
     model = model.to(device, memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtl_core import runs, train
 from mtl_core.cli import main as cli_main
@@ -233,3 +234,25 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     ddp = json.loads((run_directory(config, tmp_path / "ddp") / "metrics.json").read_text())
     for key in ("semseg/miou", "depth/rmse", "depth/abs_rel"):
         assert ddp[key] == pytest.approx(single[key], rel=0.10), key
+
+
+class _Built(Exception):
+    pass
+
+
+def test_networks_of_different_tasks_or_seeds_start_from_different_weights(monkeypatch):
+    """RSA compares single-task networks: identical initial weights would show up as affinity."""
+    first_weights, real = [], train.build_model
+
+    def capture(*args, **kwargs):
+        model = real(*args, **kwargs)
+        first_weights.append(next(model.backbone.parameters()).detach().clone())
+        raise _Built
+
+    monkeypatch.setattr(train, "build_model", capture)
+    for tasks, seed in ((("semseg",), 0), (("depth",), 0), (("semseg",), 1), (("semseg",), 0)):
+        with pytest.raises(_Built):
+            fit(tiny(model="single_task", tasks=tasks, seed=seed, epochs=1))
+    semseg, depth, other_seed, again = first_weights
+    assert not torch.equal(semseg, depth) and not torch.equal(semseg, other_seed)
+    assert torch.equal(semseg, again)  # a config always starts from the same weights
