@@ -2,7 +2,7 @@
 
 Every plotting function returns its matplotlib Figure and takes `save_to` (a PNG path, folders are
 created), because the notebooks save each figure they show to their output folder. Inputs follow
-the batch-dict convention (data/README.md, "The batch dict"), unbatched: a dataset item (tensors, maps channel-first) or
+the batch dict (data/README.md), unbatched: a dataset item (tensors, maps channel-first) or
 numpy arrays (maps channel-first or channel-last, as `SyntheticScenes.raw` stores them).
 Missing annotations are drawn, never hidden: depth 0 is black, an all-zero normal is grey, a
 missing scene label reads "missing".
@@ -150,7 +150,8 @@ def _colorize(task: str, sample: dict, num_classes: int) -> np.ndarray:
 
 
 def _is_missing(task: str, sample: dict) -> bool:
-    """A whole modality marked missing (data/README.md, "The batch dict"): depth all 0, normals all 0, edge/sal all 255."""
+    """A whole modality marked missing (the batch dict, data/README.md): depth all 0, normals all 0,
+    edge/sal all 255."""
     a = _np(sample[task])
     if task in ("depth", "normals"):
         return not np.any(a != 0)

@@ -1,11 +1,15 @@
 """Known-answer tests of mtl_core.metrics: every meter on perfect, all-wrong and hand-computed cases."""
 
+import importlib.util
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mtl_core.metrics import (
+    OFFICIAL_PRIMARY,
     DepthMeter,
     DetectionMeter,
     EdgeMeter,
@@ -16,6 +20,9 @@ from mtl_core.metrics import (
     SemsegMeter,
     delta_m,
     make_meter,
+    metric_names,
+    primary_metrics,
+    thin_edges,
 )
 from mtl_core.tasks import TASK_NAMES, make_task, make_tasks
 
@@ -96,6 +103,34 @@ def test_semseg_is_pooled_over_batches():
     assert meter.compute() == approx({"miou": 50.0, "pixel_acc": 400 / 6})
 
 
+def test_semseg_official_averages_over_all_classes():
+    # MTI-Net's eval_semseg (SemsegMeter.get_score in evaluation/eval_semseg.py) divides tp by
+    # max(tp + fp + fn, 1e-8) for every class: class 3, absent from labels and prediction, counts 0.
+    # mIoU = (1/3 + 2/3 + 1/2 + 0) / 4 = 37.5 %
+    meter = SemsegMeter(4, protocol="official")
+    assert meter_result(meter, one_hot_logits(SEG_PRED, 4), {"semseg": SEG_GT}) == approx(
+        {"miou": 37.5, "pixel_acc": 400 / 6})
+    assert meter.per_class()["iou"]["3"] == 0.0
+    assert math.isnan(SemsegMeter(4, protocol="official").compute()["miou"])  # nothing seen yet
+
+
+def test_human_parts_official_skips_background_only_images():
+    # eval_human_parts (evaluation/eval_human_parts.py) skips an image whose labels are all 0 or
+    # all 255: how it stores an image without a person. Image 0 is all background, predicted as
+    # part 1 everywhere; image 1 is [[0, 1], [1, 1]], predicted right.
+    gt = torch.tensor([[[0, 0], [0, 0]], [[0, 1], [1, 1]]])
+    pred = torch.tensor([[[1, 1], [1, 1]], [[0, 1], [1, 1]]])
+    spec = make_task("human_parts")  # 7 classes
+    official = make_meter(spec, "official")
+    # only image 1: classes 0 and 1 have IoU 1, the other five 0 -> 2/7
+    assert meter_result(official, one_hot_logits(pred, 7), {"human_parts": gt})["miou"] == approx(200 / 7)
+    # without the skip: class 0 tp 1, fn 4 -> 1/5; class 1 tp 3, fp 4 -> 3/7; mean over 7 classes
+    kept = SemsegMeter(7, key="human_parts", protocol="official")
+    assert meter_result(kept, one_hot_logits(pred, 7), {"human_parts": gt})["miou"] == approx(
+        (1 / 5 + 3 / 7) / 7 * 100)
+    assert not make_meter(spec).skip_background_images  # default protocol: every image counts
+
+
 # ----------------------------------------------------------------------------------------- depth
 
 
@@ -139,6 +174,23 @@ def test_depth_bf16_and_low_resolution():
     gt = torch.full((1, 1, 8, 8), 2.0)
     pred = torch.full((1, 1, 2, 2), 2.5, dtype=torch.bfloat16)
     assert meter_result(DepthMeter(), pred, {"depth": gt})["rmse"] == approx(0.5)
+
+
+def test_depth_official_clamps_non_positive_predictions_and_adds_log_rmse():
+    # MTI-Net's eval_depth (evaluation/eval_depth.py): pred[pred <= 0] = 1e-9, then RMSE and
+    # log-RMSE (natural log) summed over all valid pixels of the split.
+    gt = torch.tensor([[[[1.0, 2.0], [4.0, 0.0]]]])  # the 0 is missing
+    pred = torch.tensor([[[[2.0, -0.5], [4.0, 7.0]]]])
+    # clamped predictions 2, 1e-9, 4 -> squared errors 1, (2 - 1e-9)^2, 0
+    # log errors (ln 1 - ln 2)^2, (ln 2 - ln 1e-9)^2, 0
+    rmse = math.sqrt((1 + (2 - 1e-9) ** 2) / 3)
+    log_rmse = math.sqrt((math.log(2) ** 2 + (math.log(2) - math.log(1e-9)) ** 2) / 3)
+    result = meter_result(DepthMeter(protocol="official"), pred, {"depth": gt})
+    assert result["rmse"] == approx(rmse) and result["log_rmse"] == approx(log_rmse)
+    assert list(result) == ["rmse", "abs_rel", "delta1", "log_rmse"]
+    # the default protocol keeps the raw -0.5: sqrt((1 + 2.5^2) / 3), and reports no log-RMSE
+    default = meter_result(DepthMeter(), pred, {"depth": gt})
+    assert default["rmse"] == approx(math.sqrt(7.25 / 3)) and "log_rmse" not in default
 
 
 # --------------------------------------------------------------------------------------- normals
@@ -217,6 +269,59 @@ def test_saliency_perfect_all_wrong_and_ignore():
     assert meter_result(SaliencyMeter(), pred, {"sal": ignored}) == approx(perfect, abs=1e-4)
 
 
+def logits_8bit(levels) -> torch.Tensor:
+    """Logits whose sigmoid, written as an 8-bit PNG (floor(255 p)), reads back as level / 255."""
+    return torch.logit(torch.tensor((np.asarray(levels, dtype=np.float64) + 0.5) / 255)).float()
+
+
+def test_saliency_official_known_answer():
+    # MTI-Net's eval_sal (evaluation/eval_sal.py, with jaccard / precision_recall of
+    # evaluation/jaccard.py): thresholds 0.20, 0.25, ..., 0.90, salient = value > t (strict),
+    # precision / recall / IoU per image, averaged over images, F1 of the averages, best over t.
+    # Image A: labels [1, 1, 0, 0], values [230, 102, 153, 25] / 255 = [0.902, 0.4, 0.6, 0.098]
+    # Image B: no salient label, values [0, 0, 60, 0] / 255 (60 / 255 = 0.235)
+    gt = torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 0]]).reshape(2, 1, 1, 4)
+    logits = logits_8bit([[230, 102, 153, 25], [0, 0, 60, 0]]).reshape(2, 1, 1, 4)
+    # t = 0.20:        A predicts {0.902, 0.4, 0.6}: P 2/3, R 1, IoU 2/3; B predicts 0.235: P 0, R 0, IoU 0
+    #                  -> mean P 1/3, R 1/2 -> F = (1/3) / (5/6) = 0.4; mean IoU 1/3
+    # t = 0.25 - 0.35: A the same; B predicts nothing and has no label: IoU 1 (P = R = 0)
+    #                  -> F 0.4; mean IoU (2/3 + 1) / 2 = 5/6
+    # t = 0.40 - 0.55: 0.4 is not > 0.4: A predicts {0.902, 0.6}: P 1/2, R 1/2, IoU 1/3
+    #                  -> mean P 1/4, R 1/4 -> F 1/4; mean IoU 2/3
+    # t = 0.60 - 0.90: A predicts {0.902}: P 1, R 1/2, IoU 1/2 -> mean P 1/2, R 1/4 -> F 1/3; IoU 3/4
+    # maxF = 40 %, mIoU = 5/6 = 83.3 %
+    result = meter_result(SaliencyMeter(protocol="official"), logits, {"sal": gt})
+    assert result["maxF"] == approx(40.0) and result["miou"] == approx(250 / 3)
+    assert list(result) == ["maxF", "mae", "miou"]
+    # pooling the pixels instead (default protocol, beta^2 = 0.3, >=) gives another number
+    assert meter_result(SaliencyMeter(), logits, {"sal": gt})["maxF"] == approx(81.25)
+
+
+def test_saliency_official_reads_8_bits_and_thresholds_strictly():
+    gt = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    # sigmoid 0.6015 is written as level 153 (floor of 153.4) and read back as 153 / 255 = 0.6
+    # exactly, which is not > 0.6: nothing salient -> P = R = 0, IoU 0 (the label is not empty)
+    just_above = torch.logit(torch.tensor([0.6015, 0.001])).reshape(1, 1, 1, 2)
+    official = meter_result(SaliencyMeter(thresholds=[0.6], protocol="official"), just_above, {"sal": gt})
+    assert official["maxF"] == 0.0 and official["miou"] == 0.0
+    # level 154 (0.604) is above: P = R = IoU = 1 (F = 2 / (2 + 1e-12))
+    above = torch.logit(torch.tensor([0.6045, 0.001])).reshape(1, 1, 1, 2)
+    official = meter_result(SaliencyMeter(thresholds=[0.6], protocol="official"), above, {"sal": gt})
+    assert official["maxF"] == approx(100.0) and official["miou"] == approx(100.0)
+    # the default protocol compares the raw probability with >=: 0.6015 counts
+    assert meter_result(SaliencyMeter(thresholds=[0.6]), just_above, {"sal": gt})["maxF"] == approx(100.0)
+
+
+def test_saliency_official_void_pixels_and_unlabelled_images():
+    gt = torch.tensor([[1.0, 0.0, 255.0], [255.0, 255.0, 255.0]]).reshape(2, 1, 1, 3)
+    # image 0: right on its two valid pixels, a wrong prediction on the void one;
+    # image 1 has no valid pixel at all and is left out (else its IoU 1 would enter the mean)
+    logits = logits_8bit([[250, 0, 250], [250, 250, 250]]).reshape(2, 1, 1, 3)
+    result = meter_result(SaliencyMeter(protocol="official"), logits, {"sal": gt})
+    assert result["maxF"] == approx(100.0) and result["miou"] == approx(100.0)
+    assert math.isnan(SaliencyMeter(protocol="official").compute()["miou"])
+
+
 # ----------------------------------------------------------------------------------------- edges
 
 
@@ -264,6 +369,164 @@ def test_edge_ods_picks_one_threshold_for_the_split():
     meter = EdgeMeter(tolerance=0, thresholds=[0.2, 0.5])
     # t = 0.2: all 16 label pixels found, nothing else predicted -> F = 100
     assert meter_result(meter, torch.logit(prob), {"edge": gt}) == approx({"odsF": 100.0})
+
+
+def test_thin_edges_known_shapes():
+    # MATLAB bwmorph(..., 'thin', Inf) (Guo & Hall 1989), the example of scikit-image's `thin`
+    square = np.zeros((7, 7), dtype=bool)
+    square[1:-1, 2:-2] = True
+    square[0, 1] = True
+    expected = np.zeros((7, 7), dtype=bool)
+    expected[[0, 1, 2, 3, 4], [1, 2, 3, 3, 3]] = True
+    assert np.array_equal(thin_edges(square), expected)
+    # a one-pixel line is already thin (its end pixels have a single neighbour: G2 keeps them)
+    line = line_map([3], size=8)[0, 0].bool().numpy()
+    assert np.array_equal(thin_edges(line), line)
+    # a 3-wide band becomes its centre line, eroded by one pixel at each end
+    band = np.zeros((8, 10), dtype=bool)
+    band[:, 2:5] = True
+    assert np.array_equal(np.argwhere(thin_edges(band)), [[r, 3] for r in range(1, 7)])
+    # any leading shape; rows wider than one 64-bit word
+    wide = np.zeros((2, 3, 5, 130), dtype=bool)
+    wide[..., 1:4, 60:70] = True
+    thinned = thin_edges(torch.from_numpy(wide))
+    assert thinned.shape == wide.shape and np.array_equal(thinned[1, 2], thin_edges(wide[0, 0]))
+
+
+def test_thin_edges_agrees_with_pyedgeeval_bwmorph_thin(monkeypatch):
+    # pyEdgeEval ships a port of bwmorph 'thin' (its preprocess/thin/bwmorph_thin.py); the package's
+    # preprocess/__init__ also imports OpenCV, which this project does not use, so load the file alone.
+    # (Its other `binary_thin`, used by its own evaluator, can stop one sub-iteration early.)
+    import pyEdgeEval as pyedgeeval
+    path = Path(pyedgeeval.__file__).parent / "preprocess" / "thin" / "bwmorph_thin.py"
+    spec = importlib.util.spec_from_file_location("bwmorph_thin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(np, "in1d", np.isin, raising=False)  # removed from numpy 2.4, still used there
+    rng = np.random.default_rng(0)
+    maps = rng.random((60, 23, 70)) < rng.uniform(0.1, 0.9, (60, 1, 1))
+    ours = thin_edges(maps)
+    for m, t in zip(maps, ours, strict=True):
+        assert np.array_equal(module.bwmorph_thin(m.astype(np.uint8)).astype(bool), t)
+
+
+def bsds(**kwargs):
+    return EdgeMeter(protocol="official", **kwargs)
+
+
+def test_edge_bsds_perfect_thin_edge():
+    # at 64 x 64 the tolerance (0.0075 x diagonal = 0.68 px) only lets a pixel match itself: counted
+    # directly; at 100 x 100 (1.06 px) pyEdgeEval's assignment runs. Either way P = R = 1.
+    for size in (64, 100):
+        gt = line_map([size // 2], size=size)
+        assert meter_result(bsds(), binary_logits(gt), {"edge": gt}) == approx({"odsF": 100.0})
+
+
+def test_edge_bsds_one_pixel_shift_depends_on_max_dist_and_size():
+    # a pair may match when at most max_dist x diagonal apart (seism's eval_cont, BSDS correspondPixels)
+    for size, max_dist, expected in [(64, 0.0075, 0.0),  # 0.0075 * 90.5 = 0.68 px < 1: no pair
+                                     (64, 0.011, 0.0),  # 0.011 * 90.5 = 0.996 px: still none
+                                     (100, 0.0075, 100.0),  # 0.0075 * 141.4 = 1.06 px: every pixel pairs
+                                     (64, 0.0111, 100.0)]:  # 1.005 px
+        gt = line_map([size // 2], size=size)
+        shifted = binary_logits(line_map([size // 2 + 1], size=size))
+        result = meter_result(bsds(max_dist=max_dist), shifted, {"edge": gt})
+        assert result == approx({"odsF": expected}), (size, max_dist)
+    # the default protocol's 1-pixel tolerance accepts the shift at any size
+    gt = line_map([32], size=64)
+    assert meter_result(EdgeMeter(), binary_logits(line_map([33], size=64)), {"edge": gt}) == approx(
+        {"odsF": 100.0})
+
+
+def test_edge_bsds_parallel_responses_lose_precision():
+    # A blurred edge that peaks on both sides of the label (columns 49 and 51 around the label at 50):
+    # the default tolerance credits every one of the 200 predicted pixels (P = 1, F = 100). BSDS
+    # thinning leaves both one-pixel lines, and the one-to-one matching (1.06 px at 100 x 100) gives
+    # each of the 100 label pixels a single partner: P = 100 / 200, R = 1, F = 2 * 0.5 / 1.5 = 66.7 %.
+    gt = line_map([50], size=100)
+    pred = binary_logits(line_map([49, 51], size=100))
+    assert meter_result(EdgeMeter(), pred, {"edge": gt}) == approx({"odsF": 100.0})
+    assert meter_result(bsds(), pred, {"edge": gt}) == approx({"odsF": 200 / 3})
+
+
+def test_edge_bsds_thick_band_is_thinned_to_its_centre():
+    # A solid 3-pixel band centred on the label: thinning turns it into the centre column without its
+    # first and last rows (98 pixels), all matched: P = 98 / 98, R = 98 / 100, F = 2 * 0.98 / 1.98.
+    # The band is scored by where its centre line lies, not by how many of its pixels are near a label.
+    gt = line_map([50], size=100)
+    pred = binary_logits(line_map([49, 50, 51], size=100))
+    assert meter_result(bsds(), pred, {"edge": gt}) == approx({"odsF": 2 * 0.98 / 1.98 * 100})
+    # 64 x 64 keeps the band's centre on the label: exact matches only, same shape of answer
+    gt64 = line_map([32], size=64)
+    pred64 = binary_logits(line_map([31, 32, 33], size=64))
+    recall = 62 / 64
+    assert meter_result(bsds(), pred64, {"edge": gt64}) == approx({"odsF": 2 * recall / (1 + recall) * 100})
+
+
+def test_edge_bsds_same_position_shortcut_and_the_reference_assignment():
+    # Below one pixel of tolerance only coinciding pixels may pair, so the largest one-to-one matching
+    # is the intersection of the two maps, which the meter counts directly. BSDS's correspondPixels
+    # (pyEdgeEval's port) solves the assignment on a sparse, randomly drawn outlier graph (seeded by
+    # the clock, as in the original) and now and then leaves a coinciding pair unmatched: its counts
+    # are one-to-one, never above the intersection and, on these dense random maps, within 2 % of it.
+    from pyEdgeEval import correspond_pixels
+
+    rng = np.random.default_rng(1)
+    pairs = matched = 0
+    for _ in range(20):
+        pred, gt = rng.random((2, 20, 30)) < 0.3
+        match_pred, match_gt, _, _ = correspond_pixels(pred, gt, max_dist=0.0075)  # 0.27 px
+        n = np.count_nonzero(match_pred)
+        assert n == np.count_nonzero(match_gt) <= np.count_nonzero(pred & gt)
+        pairs, matched = pairs + np.count_nonzero(pred & gt), matched + n
+    assert matched >= 0.98 * pairs
+    # the meter: both maps thinned first, then the intersection
+    meter = bsds(thresholds=[0.5])
+    meter.update(binary_logits(torch.from_numpy(pred)[None, None].float()),
+                 {"edge": torch.from_numpy(gt)[None, None].float()})
+    assert int(meter.tp_p[0]) == int(meter.tp_r[0]) == np.count_nonzero(thin_edges(pred) & thin_edges(gt))
+
+
+def test_edge_bsds_official_thresholds_read_8_bits_with_ge():
+    # seism reads the PNG (level / 255) and keeps value >= t (read_one_cont_png); the thresholds are
+    # the 99 values 0.01 ... 0.99 eval_edge writes. Sigmoid 0.2015 is written as level 51 = 0.2 exactly.
+    gt = line_map([4], size=8)
+    logits = torch.where(gt > 0, torch.logit(torch.tensor(0.2015)), -10.0)
+    # 0.2 >= 0.2: the line is predicted at every t <= 0.20 (and nothing else, level 0) -> F = 100
+    assert meter_result(bsds(), logits, {"edge": gt}) == approx({"odsF": 100.0})
+    assert bsds().thresholds.tolist() == [k / 100 for k in range(1, 100)]
+    # at t = 0.201 the 8-bit value 0.2 is below, although the raw probability 0.2015 is not
+    assert meter_result(bsds(thresholds=[0.201]), logits, {"edge": gt}) == {"odsF": 0.0}
+    raw = EdgeMeter(matching="bsds", thresholds=[0.201])  # BSDS matching without the 8-bit reading
+    assert meter_result(raw, logits, {"edge": gt}) == approx({"odsF": 100.0})
+
+
+def test_edge_bsds_ignored_pixels_and_pooling():
+    gt = line_map([3])
+    gt[..., 6:] = 255
+    pred = line_map([3, 6, 7])  # spurious predictions only inside the ignored region
+    assert meter_result(bsds(), binary_logits(pred), {"edge": gt}) == approx({"odsF": 100.0})
+    # counts are pooled over the split: image 1 found (8 of 8), image 2 missed (its 8 predictions 3 px
+    # off) -> P = 8 / 16, R = 8 / 16 -> 50 %; an image without a valid pixel changes nothing
+    gt2 = torch.cat([line_map([3]), line_map([3]), torch.full((1, 1, 8, 8), 255.0)])
+    pred2 = binary_logits(torch.cat([line_map([3]), line_map([6]), line_map([3])]))
+    assert meter_result(bsds(), pred2, {"edge": gt2}) == approx({"odsF": 50.0})
+    # nothing predicted, or no label edge anywhere: F = 0 (seism's P = 1, R = 0 and P = 0, R = 1)
+    assert meter_result(bsds(), binary_logits(torch.zeros(1, 1, 8, 8)), {"edge": line_map([3])}) == {
+        "odsF": 0.0}
+    assert meter_result(bsds(), binary_logits(line_map([3])), {"edge": torch.zeros(1, 1, 8, 8)}) == {
+        "odsF": 0.0}
+
+
+def test_edge_meter_arguments():
+    assert EdgeMeter().matching == "tolerance" and bsds().matching == "bsds"
+    assert bsds(max_dist=0.011).max_dist == 0.011
+    with pytest.raises(ValueError, match="matching"):
+        EdgeMeter(matching="nms")
+    with pytest.raises(ValueError, match="max_dist"):
+        EdgeMeter(matching="bsds", max_dist=0.0)
+    with pytest.raises(ValueError, match="protocol"):
+        EdgeMeter(protocol="bsds")
 
 
 # ----------------------------------------------------------------------------------------- scene
@@ -339,7 +602,19 @@ def test_detection_decodes_raw_outputs_lazily(monkeypatch):
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_meter_keys_are_the_spec_metrics(name):
     spec = make_task(name)
-    assert tuple(make_meter(spec).compute()) == spec.metrics
+    assert tuple(make_meter(spec).compute()) == spec.metrics == metric_names(spec)
+    # the official protocol appends its extra metrics (depth log_rmse, saliency miou) and renames none
+    official = tuple(make_meter(spec, "official").compute())
+    assert official == metric_names(spec, "official") and official[:len(spec.metrics)] == spec.metrics
+
+
+def test_protocol_is_checked():
+    with pytest.raises(ValueError, match="protocol"):
+        make_meter(make_task("depth"), "mtinet")
+    with pytest.raises(ValueError, match="protocol"):
+        MetricSuite(make_tasks(["depth"]), protocol="Official")
+    with pytest.raises(ValueError, match="not among"):
+        MetricSuite(make_tasks(["depth"]), options={"edge": {"max_dist": 0.011}})
 
 
 def fake_batch(b=2, h=16, w=16):
@@ -384,6 +659,21 @@ def test_metric_suite_end_to_end():
     assert suite.compute() == {}
 
 
+def test_metric_suite_official_protocol():
+    tasks = make_tasks(["semseg", "depth", "edge", "sal"])
+    batch = fake_batch()
+    outputs = {"semseg": one_hot_logits(batch["semseg"], 13), "depth": batch["depth"].clone(),
+               "edge": binary_logits(batch["edge"]), "sal": binary_logits(batch["sal"])}
+    suite = MetricSuite(tasks, protocol="official", options={"edge": {"max_dist": 0.011}})
+    assert suite.meters["edge"].matching == "bsds" and suite.meters["edge"].max_dist == 0.011
+    suite.update(outputs, batch)
+    result = suite.compute()
+    assert result["semseg"]["miou"] == approx(100.0)  # all 13 classes occur in the fake labels
+    assert result["depth"]["rmse"] == 0.0 and result["depth"]["log_rmse"] == 0.0
+    assert result["edge"] == approx({"odsF": 100.0})  # the same random map, thinned the same way
+    assert result["sal"]["maxF"] == approx(100.0) and result["sal"]["miou"] == approx(100.0)
+
+
 # ------------------------------------------------------------------------------------------- Δm
 
 
@@ -417,6 +707,31 @@ def test_delta_m_defaults_to_metrics_present_in_both():
     base = {"depth": {"rmse": 0.5, "abs_rel": 0.2}}  # no delta1 in the baseline
     res = {"depth": {"rmse": 0.4, "abs_rel": 0.2, "delta1": 90.0}}
     assert delta_m(res, base, tasks) == approx(10.0)  # (20 + 0) / 2
+
+
+def test_delta_m_official_uses_mtinet_primary_metrics():
+    # calculate_multi_task_performance (evaluation/evaluate_utils.py): one metric per task, saliency
+    # by its mIoU, the mean over tasks of the signed relative change (a fraction there, % here).
+    tasks = make_tasks(["semseg", "depth", "normals", "edge", "sal", "human_parts"])
+    baselines = {"semseg": {"miou": 40.0, "pixel_acc": 70.0}, "depth": {"rmse": 0.5, "log_rmse": 0.2},
+                 "normals": {"mean_angle": 20.0}, "edge": {"odsF": 50.0},
+                 "sal": {"maxF": 70.0, "miou": 60.0}, "human_parts": {"miou": 50.0}}
+    results = {"semseg": {"miou": 44.0, "pixel_acc": 35.0}, "depth": {"rmse": 0.45, "log_rmse": 0.3},
+               "normals": {"mean_angle": 22.0}, "edge": {"odsF": 55.0},
+               "sal": {"maxF": 63.0, "miou": 63.0}, "human_parts": {"miou": 50.0}}
+    # semseg +10, depth rmse +10 (lower), normals -10 (higher angle), edge +10, sal mIoU +5, parts 0
+    assert delta_m(results, baselines, tasks, protocol="official") == approx((10 + 10 - 10 + 10 + 5 + 0) / 6)
+    assert {t: [m] for t, m in OFFICIAL_PRIMARY.items()} == primary_metrics(tasks, "official")
+    # the same through explicit metrics; the default protocol's primaries put sal maxF (-10) instead
+    assert delta_m(results, baselines, tasks, primary_metrics(tasks, "official")) == approx(25 / 6)
+    assert delta_m(results, baselines, tasks, primary_metrics(tasks)) == approx((10 + 10 - 10 + 10 - 10) / 6)
+    # an explicit choice still wins; tasks MTI-Net does not score keep the default choice
+    assert delta_m(results, baselines, tasks, {"sal": ["maxF"]}, protocol="official") == approx(10 / 6)
+    scene = make_tasks(["scene"])
+    assert delta_m({"scene": {"accuracy": 55.0}}, {"scene": {"accuracy": 50.0}}, scene,
+                   protocol="official") == approx(10.0)
+    with pytest.raises(ValueError, match="sal/miou is missing from the results"):
+        delta_m({**results, "sal": {"maxF": 63.0}}, baselines, tasks, protocol="official")
 
 
 def test_delta_m_errors():
