@@ -49,6 +49,8 @@ FIELD_HELP = {
     "grad_clip": "max gradient norm (0 or none: no clipping)",
     "precision": "auto (bf16 where fast), bf16 or fp32",
     "eval_every": "evaluate every N epochs (and after the last)",
+    "eval_protocol": ("metric definitions: default, official (MTI-Net's evaluation code), or auto "
+                      "(official on nyud_mt / pascal_mt)"),
     "seed": "seed of initialisation, shuffling and augmentation",
 }
 

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from .data.cache import write_text_atomic
-from .metrics import delta_m
+from .metrics import delta_m, primary_metrics
 from .profiles import get_profile
 from .runs import RunResult, train_or_load
 from .tasks import make_tasks
-from .train import TrainConfig, validate
+from .train import TrainConfig, eval_protocol, validate
 
 # What each profile trains. `widths` are the in-house CNN backbone's stage widths: narrower than its
 # default so that a study of ~35 runs fits a laptop CPU (the models keep all their parts).
@@ -150,31 +150,63 @@ def _delta_m_or_nan(results, baselines, specs, metrics) -> float:
         return math.nan
 
 
-def delta_m_table(results: Mapping[str, list[RunResult]], single_task: Mapping[str, list[RunResult]],
-                  tasks: Iterable[str], metrics: Mapping[str, list[str]] | None = None) -> pd.DataFrame:
-    """Δm (%) of every variant vs the single-task networks (metrics.delta_m; positive = better):
-    per seed against the seed-mean of the single-task metrics, then mean ± std over seeds.
-    `metrics` (default: each task's primary metric, as MTI-Net reports Δm: mIoU, RMSE, mean angle,
-    odsF, maxF) chooses the metrics per task. Columns: delta_m, delta_m_std, and Δ% per task."""
+def _delta_m_setup(results, single_task, tasks, metrics):
     specs = make_tasks(tuple(tasks))
-    metrics = dict(metrics) if metrics is not None else {t: [spec.primary] for t, spec in specs.items()}
+    metrics = dict(metrics) if metrics is not None else primary_metrics(
+        specs, evaluation_protocol({**results, **single_task}))
     baseline = {}
     for task in specs:
         if task not in single_task:
             raise ValueError(f"single_task: no single-task result for task {task!r}")
         per_seed = [_unflatten(r.metrics).get(task, {}) for r in single_task[task]]
         baseline[task] = {m: float(np.mean([p[m] for p in per_seed])) for m in per_seed[0]}
+    return specs, metrics, baseline
+
+
+def delta_m_seeds(results: Mapping[str, list[RunResult]], single_task: Mapping[str, list[RunResult]],
+                  tasks: Iterable[str], metrics: Mapping[str, list[str]] | None = None
+                  ) -> dict[str, list[float]]:
+    """{variant: [Δm (%) of each seed]} as `delta_m_table` computes them: what `significance.compare`
+    needs to decide whether two variants differ."""
+    specs, metrics, baseline = _delta_m_setup(results, single_task, tasks, metrics)
+    return {label: [_delta_m_or_nan(_unflatten(r.metrics), baseline, specs, metrics) for r in runs]
+            for label, runs in results.items()}
+
+
+def delta_m_table(results: Mapping[str, list[RunResult]], single_task: Mapping[str, list[RunResult]],
+                  tasks: Iterable[str], metrics: Mapping[str, list[str]] | None = None) -> pd.DataFrame:
+    """Δm (%) of every variant vs the single-task networks (metrics.delta_m; positive = better):
+    per seed against the seed-mean of the single-task metrics, then mean ± std over seeds.
+    `metrics` (default: each task's primary metric under the runs' evaluation protocol, as MTI-Net
+    reports Δm: mIoU, RMSE, mean angle, odsF, and maxF / official: saliency mIoU) chooses them.
+    Columns: delta_m, delta_m_std, and Δ% per task. `delta_m_seeds` gives the per-seed values."""
+    specs, metrics, baseline = _delta_m_setup(results, single_task, tasks, metrics)
     rows = {}
-    for label, runs in results.items():
-        values = [_delta_m_or_nan(_unflatten(r.metrics), baseline, specs, metrics) for r in runs]
-        per_task = {}
+    for label, values in delta_m_seeds(results, single_task, tasks, metrics).items():
+        rows[label] = {"delta_m": float(np.mean(values)),
+                       "delta_m_std": float(np.std(values)) if len(values) > 1 else 0.0}
         for t in specs:  # the same formula restricted to one task: that task's relative change
             only = {t: metrics[t]} if t in metrics else None
-            per_task[f"Δ {t} (%)"] = float(np.mean([_delta_m_or_nan(_unflatten(r.metrics), {t: baseline[t]},
-                                                                    {t: specs[t]}, only) for r in runs]))
-        rows[label] = {"delta_m": float(np.mean(values)),
-                       "delta_m_std": float(np.std(values)) if len(values) > 1 else 0.0, **per_task}
+            rows[label][f"Δ {t} (%)"] = float(np.mean([
+                _delta_m_or_nan(_unflatten(r.metrics), {t: baseline[t]}, {t: specs[t]}, only)
+                for r in results[label]]))
     return pd.DataFrame(rows).T
+
+
+PROTOCOL_TEXT = {
+    "default": "default (this suite's definitions; `metrics.py` documents each)",
+    "official": "official (MTI-Net's evaluation code: mIoU over all classes, depth clamp, saliency "
+                "mIoU in Δm, BSDS edge matching)",
+}
+
+
+def evaluation_protocol(results: Mapping[str, list[RunResult]]) -> str:
+    """The evaluation protocol (metrics.PROTOCOLS) shared by all `results`; mixed protocols are refused:
+    their numbers do not compare."""
+    used = {eval_protocol(r.config) for runs in results.values() for r in runs}
+    if len(used) > 1:
+        raise ValueError(f"results evaluated under different protocols {sorted(used)}: not comparable")
+    return used.pop() if used else "default"
 
 
 def resources(config: TrainConfig) -> dict[str, float]:
@@ -212,11 +244,14 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write_summary(output_dir: str | os.PathLike, title: str,
-                  sections: Mapping[str, pd.DataFrame | str], left_out: Iterable[str] = ()) -> Path:
-    """The notebook's `summary.md` (the suite report includes it): a title, then each section as a
-    markdown table or text, then what the profile left out (variants a larger profile trains).
-    Written atomically."""
+                  sections: Mapping[str, pd.DataFrame | str], left_out: Iterable[str] = (),
+                  protocol: str | None = None) -> Path:
+    """The notebook's `summary.md` (the suite report includes it): a title, the evaluation protocol
+    of its numbers (`evaluation_protocol`), each section as a markdown table or text, then what the
+    profile left out (variants a larger profile trains). Written atomically."""
     lines = [f"### {title}", ""]
+    if protocol is not None:
+        lines += [f"Evaluation protocol: {PROTOCOL_TEXT[protocol]}.", ""]
     for heading, body in sections.items():
         lines += [f"**{heading}**", ""]
         lines += [markdown_table(body) if isinstance(body, pd.DataFrame) else str(body), ""]

@@ -30,7 +30,7 @@ from .data import DATASETS, build_dataset, collate_batch, dataset_options, datas
 from .data.synthetic import check_size
 from .data.transforms import train_transforms
 from .losses import task_losses
-from .metrics import MetricSuite
+from .metrics import PROTOCOLS, MetricSuite
 from .models import BACKBONES, build_model, list_models
 from .progress import progress_bar, report
 from .tasks import TASK_NAMES, make_tasks
@@ -76,6 +76,8 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     precision: str = "auto"
     eval_every: int = 1
+    eval_protocol: str = "auto"  # metrics.PROTOCOLS; auto: "official" on the papers' datasets (nyud_mt,
+    # pascal_mt), so that numbers compare with their tables; "default" elsewhere (the synthetic studies)
     seed: int = 0
 
     def __post_init__(self):
@@ -109,6 +111,7 @@ def validate(config: TrainConfig) -> None:
     choose("schedule", config.schedule, SCHEDULES)
     choose("precision", config.precision, PRECISIONS)
     choose("dataset", config.dataset, DATASETS)
+    choose("eval_protocol", config.eval_protocol, ("auto", *PROTOCOLS))
     if config.dataset != "synthetic":
         if config.train_domains != ("render",) or config.val_domain != "render":
             raise ValueError(f"train_domains / val_domain: domains exist only in the synthetic dataset, "
@@ -152,6 +155,16 @@ def init_seed(config: TrainConfig) -> int:
     while a config always starts from the same ones."""
     digest = hashlib.sha256(json.dumps([config.seed, sorted(config.tasks)]).encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+OFFICIAL_DATASETS = ("nyud_mt", "pascal_mt")  # evaluated by the MTI-Net paper's own code
+
+
+def eval_protocol(config: TrainConfig) -> str:
+    """The evaluation protocol a run uses: its `eval_protocol`, with "auto" resolved by the dataset."""
+    if config.eval_protocol != "auto":
+        return config.eval_protocol
+    return "official" if config.dataset in OFFICIAL_DATASETS else "default"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -262,10 +275,11 @@ def train_step(model, batch, tasks, weighting, optimizer, dtype, grad_clip=None)
 
 
 @torch.no_grad()
-def evaluate(model, loader, tasks, device, dtype) -> dict[str, float]:
-    """All task metrics on a loader, flattened to {"task/metric": value}, plus the mean val losses."""
+def evaluate(model, loader, tasks, device, dtype, protocol: str = "default") -> dict[str, float]:
+    """All task metrics on a loader under `protocol` (metrics.PROTOCOLS), flattened to
+    {"task/metric": value}, plus the mean val losses."""
     model.eval()
-    suite = MetricSuite(tasks)
+    suite = MetricSuite(tasks, protocol=protocol)
     loss_sums, batches = {t: 0.0 for t in tasks}, 0
     for batch in loader:
         batch = to_device(batch, device)
@@ -379,7 +393,7 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
                   **means}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             if rank == 0:
-                metrics = evaluate(unwrap(model), val_loader, tasks, device, dtype)
+                metrics = evaluate(unwrap(model), val_loader, tasks, device, dtype, eval_protocol(config))
                 record.update(metrics)
         if rank == 0:
             name = f"{store.directory.name} " if store is not None else ""

@@ -29,3 +29,13 @@ def test_file_lock_excludes_other_processes_and_leaves_no_lock_file(tmp_path):
     assert len(pairs) == 12  # every block ran, and never two at once: each "in k" is followed by "out k"
     assert all(a == "in" and c == "out" and b == d for a, b, c, d in pairs)
     assert not lock.exists()
+
+
+def test_building_a_cache_without_a_terminal_prints_one_line_with_its_figures(tmp_path, capsys):
+    from mtl_core.data.synthetic import SyntheticScenes
+
+    SyntheticScenes("train", 4, root=tmp_path, workers=1, progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "rendered" in line]
+    assert len(lines) == 1 and "rendered 4 samples in " in lines[0] and str(tmp_path) in lines[0]
+    SyntheticScenes("train", 4, root=tmp_path, workers=1, progress=False)  # cached: nothing to say
+    assert "rendered" not in capsys.readouterr().out

@@ -92,3 +92,33 @@ def test_delta_m_against_a_zero_baseline_is_nan_with_a_warning():
     with pytest.warns(UserWarning, match="semseg/miou"):
         table = experiments.delta_m_table({"m": [fake({"semseg/miou": 10.0})]}, singles, ("semseg",))
     assert np.isnan(table.loc["m", "delta_m"])
+
+
+def test_the_papers_datasets_are_evaluated_with_the_official_protocol():
+    from mtl_core.train import eval_protocol, validate
+
+    assert eval_protocol(TrainConfig(dataset="nyud_mt")) == "official"
+    assert eval_protocol(TrainConfig(dataset="pascal_mt", tasks=("semseg",))) == "official"
+    assert eval_protocol(TrainConfig()) == "default"  # the synthetic studies
+    assert eval_protocol(TrainConfig(eval_protocol="official")) == "official"
+    with pytest.raises(ValueError, match="eval_protocol='papers'"):
+        validate(TrainConfig(eval_protocol="papers"))
+
+
+def test_delta_m_uses_the_runs_protocol_and_refuses_mixed_protocols():
+    def run(metrics, protocol):
+        return RunResult(TrainConfig(tasks=("sal",), eval_protocol=protocol), Path("."), metrics,
+                         pd.DataFrame(), trained=False)
+
+    single = {"sal/maxF": 50.0, "sal/miou": 40.0}
+    better_iou = {"sal/maxF": 50.0, "sal/miou": 44.0}  # +10 % on mIoU, 0 on maxF
+    official = experiments.delta_m_table({"m": [run(better_iou, "official")]},
+                                         {"sal": [run(single, "official")]}, ("sal",))
+    default = experiments.delta_m_table({"m": [run(better_iou, "default")]},
+                                        {"sal": [run(single, "default")]}, ("sal",))
+    assert official.loc["m", "delta_m"] == pytest.approx(10.0)  # MTI-Net's Δm reads saliency mIoU
+    assert default.loc["m", "delta_m"] == pytest.approx(0.0)  # the default reads maxF
+    assert experiments.evaluation_protocol({"m": [run(single, "official")]}) == "official"
+    with pytest.raises(ValueError, match="different protocols"):
+        experiments.delta_m_table({"m": [run(better_iou, "official")]}, {"sal": [run(single, "default")]},
+                                  ("sal",))

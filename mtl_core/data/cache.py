@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -115,6 +116,7 @@ def _render_chunk(args):
 
 def _build(directory: Path, params: dict, num_samples: int, render: Callable[[int], dict],
            varlen: tuple[str, ...], workers: int, progress: bool | None, desc: str) -> None:
+    start = time.perf_counter()
     tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -149,7 +151,7 @@ def _build(directory: Path, params: dict, num_samples: int, render: Callable[[in
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
-            report(bar, f"{desc}: rendered {num_samples} samples in {bar.format_dict['elapsed']:.1f} s "
+            report(bar, f"{desc}: rendered {num_samples} samples in {time.perf_counter() - start:.1f} s "
                         f"({max(workers, 1)} process{'es' if workers > 1 else ''}) -> {directory}")
         for array in fixed.values():
             array.flush()
