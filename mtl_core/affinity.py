@@ -252,6 +252,17 @@ def ranking_changes(pairs: pd.DataFrame) -> dict:
             "min_tau": min(taus.values()) if taus else 1.0}
 
 
+def ranking_reversals(values: pd.DataFrame, low: pd.DataFrame, high: pd.DataFrame) -> list[tuple]:
+    """Ranking changes that the intervals support: (pair p, pair q, scale a, scale b) where at scale a
+    p's interval lies wholly above q's and at scale b wholly below it. A Kendall tau below 1 alone
+    can be one swap of two overlapping intervals; only a reversal of separated pairs says that the
+    affinity ranking changes with scale beyond the measurement noise. Frames: pair x scale."""
+    above = {col: {(p, q) for p in values.index for q in values.index
+                   if p != q and low.loc[p, col] > high.loc[q, col]} for col in values.columns}
+    return [(p, q, a, b) for a, b in itertools.permutations(values.columns, 2)
+            for p, q in sorted(above[a]) if (q, p) in above[b]]
+
+
 def rsa_matrices(rsa: pd.DataFrame) -> dict[int, pd.DataFrame]:
     """{scale: task x task RSA matrix} from `rsa_per_scale`'s rows (symmetric, diagonal 1)."""
     tasks = list(dict.fromkeys([*rsa["task_a"], *rsa["task_b"]]))

@@ -171,3 +171,13 @@ def test_heatmap_and_pair_figures_are_saved(tmp_path):
     assert len(fig.axes) == 2 and fig.axes[1].get_title() == "scale 1/8"
     affinity.plot_pairs_across_scales(affinity.pair_table(matrices), "cos", save_to=tmp_path / "p.png")
     assert (tmp_path / "h.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_ranking_reversals_need_separated_intervals_in_opposite_orders():
+    values = pd.DataFrame({"scale 1": [0.8, 0.5, 0.3], "scale 2": [0.4, 0.7, 0.35]}, index=["ab", "ac", "bc"])
+    tight = affinity.ranking_reversals(values, values - 0.05, values + 0.05)
+    # ab > ac at scale 1 and ac > ab at scale 2, both with separated intervals; bc vs ab: 0.35 vs 0.4 overlap
+    assert ("ab", "ac", "scale 1", "scale 2") in tight and ("ac", "ab", "scale 2", "scale 1") in tight
+    assert not any({p, q} == {"ab", "bc"} for p, q, *_ in tight)
+    wide = affinity.ranking_reversals(values, values - 0.2, values + 0.2)
+    assert wide == []  # the same point estimates, but the intervals overlap: no supported change

@@ -245,3 +245,14 @@ def test_undeclared_parameters_are_refused_by_name(toy_suite, monkeypatch, capsy
 def test_the_real_notebooks_refuse_a_misspelt_parameter(tmp_path):
     with pytest.raises(ValueError, match=r"01_train.ipynb: unknown parameter\(s\) \['modle'\].*'model'"):
         suite.run_notebook("01_train", "ci", tmp_path, {"modle": "mtinet"})
+
+
+@pytest.mark.parametrize("name", suite.NOTEBOOKS)
+def test_files_named_in_a_notebooks_text_exist_in_the_repository(name):
+    """A reader follows `mtl_core/models/rock.py` or `data/README.md` from the text: they must be there."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    paths = re.findall(r"\b((?:mtl_core|data|notebooks|benchmarks|tests)/[\w/.-]*\w\.(?:py|md|ipynb))\b", text)
+    docs = re.findall(r"(?<![\w/])([A-Z][A-Z_]+\.md)\b", text)  # README.md, DESIGN.md, ...
+    missing = [p for p in paths + docs if not (ROOT / p).exists()]
+    assert not missing, f"{name} names files that are not in the repository: {missing}"
