@@ -137,6 +137,24 @@ def metrics_table(results: Mapping[str, list[RunResult]], tasks: Iterable[str],
     return table
 
 
+TRIVIAL_LABEL = "trivial predictor (no image)"
+
+
+def trivial_results(config: TrainConfig, tasks: Iterable[str]) -> dict[str, list[RunResult]]:
+    """{TRIVIAL_LABEL: [a RunResult]} holding `references.trivial_metrics` on the config's data: a
+    reference row for `metrics_table` / `delta_m_table` (what a predictor that ignores the image gets)."""
+    from .references import trivial_metrics
+    from .train import make_dataset
+
+    tasks = tuple(tasks)
+    reference = TrainConfig.from_dict({**config.to_dict(), "tasks": tasks})
+    train = make_dataset(reference, "train", reference.train_domains[0])
+    val = make_dataset(reference, "val", reference.val_domain)
+    values = trivial_metrics(train, val, tasks, protocol=eval_protocol(reference))
+    flat = {f"{t}/{m}": v for t, ms in values.items() for m, v in ms.items()}
+    return {TRIVIAL_LABEL: [RunResult(reference, Path("."), flat, pd.DataFrame(), trained=False)]}
+
+
 def _delta_m_or_nan(results, baselines, specs, metrics) -> float:
     """Δm, or NaN with a warning when a baseline metric is 0 (e.g. an untrained single-task network's
     mIoU in the ci profile): a relative change to 0 is undefined, and one such task must not stop a

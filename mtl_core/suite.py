@@ -174,6 +174,7 @@ def run_notebook(name: str, profile: str, output_root: Path,
     check_parameters(source, params)
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = os.environ.get("MTL_CORE_CELL_TIMEOUT")  # seconds per cell; unset: no limit
+    os.environ.setdefault("MTL_CORE_PROGRESS", "0")  # executed notebooks: one line per epoch, no bars
     _register_engine()
     start = time.perf_counter()
     try:
@@ -252,7 +253,6 @@ def run_suite(profile: str = "quick", jobs: int = 1, output_root: str | os.PathL
     ensure_kernel()  # once, before the notebooks run side by side
     # the kernels share the cores: each gets its share of threads (inherited through the environment)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    os.environ.setdefault("MTL_CORE_PROGRESS", "0")
     # idle OpenMP threads sleep instead of spinning, so parallel kernels do not starve each other
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
