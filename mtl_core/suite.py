@@ -211,6 +211,10 @@ def write_report(report: SuiteReport, output_root: Path, wall_seconds: float | N
     if wall_seconds is not None:
         lines += [f"This invocation: {len(report.results)} notebook(s) in {wall_seconds / 60:.1f} min "
                   "(wall clock).", ""]
+    from .train import describe_precision
+
+    lines += [f"Training on this machine: {describe_precision()} (each run's history records its device "
+              "and precision).", ""]
     lines += ["| notebook | status | minutes | figures | finished |", "|---|---|---|---|---|"]
     for name in names:
         entry, folder = state[name], output_root / name

@@ -51,46 +51,92 @@ def _masked_cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
     return _masked_mean(losses, target != 255)
 
 
+# The dense losses below reproduce MTI-Net's, defined in the official Multi-Task-Learning-PyTorch code
+# (losses/loss_functions.py, instantiated per task by get_loss in utils/common_config.py), so that its
+# task weights (NYUD: semseg 1, depth 1, normals 10, edge 50; PASCAL: semseg 1, human parts 2,
+# saliency 5, edge 50, normals 10) keep their meaning. Where every label of a task is missing the
+# official NLL / L1 means would be NaN (a mean over nothing); here they are exactly 0. How ignored
+# edge / saliency pixels enter the balanced BCE is explained at `balanced_bce`.
+
+
 def semseg_loss(pred: Tensor, batch: dict) -> Tensor:
+    """Official SoftMaxwithLoss: log-softmax + NLL, averaged over the pixels whose label is not 255."""
     return _masked_cross_entropy(pred, batch["semseg"])
 
 
 def human_parts_loss(pred: Tensor, batch: dict) -> Tensor:
-    """Cross-entropy like semseg; images without a person are all 255 and contribute nothing."""
+    """Official SoftMaxwithLoss, as for semseg. The official pipeline turns the all-background label map
+    of an image without a person into all 255 (AddIgnoreRegions in data/custom_transforms.py); the
+    loaders here already deliver such images as all 255, so they contribute nothing."""
     return _masked_cross_entropy(pred, batch["human_parts"])
 
 
 def depth_loss(pred: Tensor, batch: dict) -> Tensor:
-    """L1 on valid pixels (MTI-Net's depth loss); depth 0 = missing."""
+    """Official DepthLoss('l1'): mean |pred - gt| over the valid pixels. The official code first turns
+    depth 0 into 255 and masks 255; here depth 0 itself marks a missing value."""
     target = batch["depth"]
     return _masked_mean((_resize_like(pred, target).float() - target).abs(), target > 0)
 
 
 def normals_loss(pred: Tensor, batch: dict) -> Tensor:
-    """L1 between the unit-normalised prediction and the label (MTI-Net); all-zero label = missing."""
+    """Official NormalsLoss(normalize=True, norm=1): the prediction divided by (its L2 norm + 1e-12),
+    then L1 to the label summed over the valid elements and divided by their number. A valid pixel
+    has 3 valid elements, so this is the mean absolute error per component (not per pixel).
+
+    A zero-norm label vector is missing (the official AddIgnoreRegions sets all 3 of its components
+    to the ignore value 255)."""
     target = batch["normals"]
-    unit = F.normalize(_resize_like(pred, target).float(), dim=1)
+    pred = _resize_like(pred, target).float()
+    unit = pred / (pred.norm(p=2, dim=1, keepdim=True) + 1e-12)
     valid = (target.abs().sum(dim=1, keepdim=True) > 0).expand_as(target)
-    return _masked_mean((unit - target).abs(), valid) * 3  # per pixel: sum over the 3 components
+    return _masked_mean((unit - target).abs(), valid)
 
 
 def balanced_bce(pred: Tensor, target: Tensor, pos_weight: float | None) -> Tensor:
-    """BCE on pixels != 255; positives weighted by `pos_weight` and negatives by 1 - pos_weight."""
+    """Official BalancedCrossEntropyLoss(size_average=True): with l the per-pixel binary cross-entropy
+    of the logits and positives = labels >= 0.5,
+
+        loss = (w * sum_pos l + (1 - w) * sum_neg l) / numel,
+
+    where w = `pos_weight`, or, when it is None, the fraction of negatives among the batch's pixels
+    (HED-style balancing, computed over the whole batch, not per image).
+
+    Pixels labelled 255 are ignored: they enter neither sum, nor the count of negatives and pixels
+    behind w, nor numel; numel is the number of non-ignored pixels. The official training data has
+    no ignored edge or saliency pixels, so there numel is every pixel of the batch and the two
+    definitions agree. Counting only annotated pixels is the masked generalisation that makes a
+    missing annotation behave as if the pixel (or image) were absent from the batch, as in the other
+    losses. (The official class also takes an optional void map that none of its training code
+    passes; that branch would still divide by every pixel, void ones included.)
+
+    With w from the batch, a batch with a single class among its annotated pixels has w = 0 or 1
+    and so a loss of exactly 0, as in the official code.
+    """
     logits = _resize_like(pred, target).float()
     valid = target != 255
-    y = torch.where(valid, target, torch.zeros_like(target))
-    losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    if pos_weight is not None:
-        losses = losses * torch.where(y > 0.5, 2 * pos_weight, 2 * (1 - pos_weight))
-    return _masked_mean(losses, valid)
+    positive = (target >= 0.5) & valid
+    negative = (target < 0.5) & valid
+    losses = F.binary_cross_entropy_with_logits(logits, positive.to(logits.dtype), reduction="none")
+    numel = valid.sum().clamp_min(1).to(logits.dtype)
+    if pos_weight is None:
+        w = negative.sum().to(logits.dtype) / numel
+    else:
+        w = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    # torch.where, not multiplication by the masks, so that no NaN / inf at an ignored pixel can leak in
+    loss_pos = torch.where(positive, losses, 0.0).sum()
+    loss_neg = torch.where(negative, losses, 0.0).sum()
+    return (w * loss_pos + (1 - w) * loss_neg) / numel
 
 
 def edge_loss(pred: Tensor, batch: dict) -> Tensor:
-    """Edges are ~5% of pixels: MTI-Net weights positives 0.95 and negatives 0.05."""
+    """Official edge loss: BalancedCrossEntropyLoss with pos_weight = edge_w = 0.95 (MTI-Net's NYUD and
+    PASCAL configs), i.e. the few edge pixels weighted 0.95 and the rest 0.05."""
     return balanced_bce(pred, batch["edge"], pos_weight=0.95)
 
 
 def sal_loss(pred: Tensor, batch: dict) -> Tensor:
+    """Official saliency loss: BalancedCrossEntropyLoss without pos_weight, i.e. positives weighted by
+    the fraction of negatives in the batch and negatives by the fraction of positives."""
     return balanced_bce(pred, batch["sal"], pos_weight=None)
 
 

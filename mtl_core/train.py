@@ -168,7 +168,11 @@ def eval_protocol(config: TrainConfig) -> str:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware runs it fast (CPU with AVX512-BF16/AMX, recent CUDA GPUs), else fp32."""
+    """The autocast dtype of a run (None: fp32). `auto`: bf16 on a CUDA GPU that supports it, fp32 on a
+    CPU. Native bf16 on a CPU (AVX512-BF16 / AMX) does not make every model faster: measured with
+    benchmarks/speed.py on an AMD EPYC with AVX512-BF16 (64x64, batch 16, 2 threads), bf16 autocast ran
+    the MTL baseline 1.8x faster than fp32 but MTI-Net 2.9x slower, and a study must train all of its
+    models at one precision. `bf16` asks for it where the hardware has it."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -176,8 +180,27 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     else:
         supported = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     if precision == "bf16" and not supported:
-        raise ValueError("precision='bf16': this machine has no fast bf16 support; use 'fp32' or 'auto'")
+        raise ValueError("precision='bf16': this machine has no native bf16 support; use 'fp32' or 'auto'")
+    if precision == "auto" and device.type != "cuda":
+        return None
     return torch.bfloat16 if supported else None
+
+
+def describe_precision(precision: str = "auto", device: torch.device | None = None) -> str:
+    """What `precision` resolves to on this machine, and why (printed by every run and the suite)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = autocast_dtype(precision, device)
+    if device.type == "cuda":
+        why = "bf16 autocast" if dtype else "fp32 (this GPU has no bf16)"
+    elif dtype:
+        why = "bf16 autocast (asked for; the CPU has AVX512-BF16 or AMX)"
+    elif precision == "fp32":
+        why = "fp32 (asked for)"
+    elif torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        why = "fp32 (the CPU has native bf16, but it is not faster for every model: precision='bf16' opts in)"
+    else:
+        why = "fp32 (no AVX512-BF16 / AMX on this CPU: bf16 would be emulated, slower than fp32)"
+    return f"{device.type}, {why}"
 
 
 def make_dataset(config: TrainConfig, split: str, domain: str = "render", seed: int | None = None,
@@ -344,6 +367,9 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
     schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
 
     start_epoch, metrics = 0, {}
+    if rank == 0:
+        name = f"{store.directory.name}: " if store is not None else ""
+        print(f"{name}training on {describe_precision(config.precision, device)}", flush=True)
     state = store.load_checkpoint() if store is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -388,7 +414,8 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
         bar.close()
         means = {k: v / steps_per_epoch for k, v in sums.items()}
         weighting.epoch_end({t: means[f"loss/{t}"] for t in tasks})
-        record = {"epoch": epoch + 1, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - start,
+        record = {"epoch": epoch + 1, "device": device.type, "precision": "bf16" if dtype else "fp32",
+                  "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - start,
                   "images_per_second": steps_per_epoch * config.batch_size / (time.perf_counter() - start),
                   **means}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:

@@ -1,7 +1,11 @@
 """Masked task losses (mtl_core.tasks) and deep supervision (mtl_core.losses.task_losses).
 
-Detection is left out: its loss is tested with the detector.
+The dense losses reproduce the official MTI-Net code (losses/loss_functions.py of
+Multi-Task-Learning-PyTorch); the known-answer tests work their expected values out by hand from the
+official formulas. Detection is left out: its loss is tested with the detector.
 """
+
+import math
 
 import pytest
 import torch
@@ -10,7 +14,7 @@ import torch.nn.functional as F
 from mtl_core.losses import task_losses
 from mtl_core.tasks import make_tasks
 
-DENSE = ["semseg", "depth", "normals", "edge", "sal"]
+DENSE = ["semseg", "depth", "normals", "edge", "sal", "human_parts"]
 ALL = DENSE + ["scene"]
 TASKS = make_tasks(ALL)
 B, H, W = 2, 16, 16
@@ -26,6 +30,7 @@ def make_batch(seed=0):
         "normals": F.normalize(torch.randn(B, 3, H, W, generator=g), dim=1),
         "edge": (torch.rand(B, 1, H, W, generator=g) > 0.8).float(),
         "sal": (torch.rand(B, 1, H, W, generator=g) > 0.5).float(),
+        "human_parts": torch.randint(0, TASKS["human_parts"].channels, (B, H, W), generator=g),
         "scene": torch.randint(0, TASKS["scene"].channels, (B,), generator=g),
     }
 
@@ -45,7 +50,7 @@ def mark_missing(batch, task, where):
     """Mark the annotations of `task` missing where the (B, H, W) / (B,) bool mask `where` is set."""
     batch = dict(batch)
     target = batch[task].clone()
-    if task == "semseg":
+    if task in ("semseg", "human_parts"):
         target[where] = 255
     elif task == "scene":
         target[where] = -1
@@ -133,9 +138,138 @@ def test_partially_missing_scene_labels():
 
 
 def test_depth_loss_is_the_mean_absolute_error_of_valid_pixels():
+    # official DepthLoss (L1): |2-1| + |2-2| + |1-4| over the 3 valid pixels; depth 0 is missing
     gt = torch.tensor([[[[1.0, 2.0], [4.0, 0.0]]]])
     pred = torch.tensor([[[[2.0, 2.0], [1.0, 9.0]]]])
     assert TASKS["depth"].loss(pred, {"depth": gt}).item() == pytest.approx((1 + 0 + 3) / 3)
+
+
+LN3 = math.log(3.0)
+
+
+def known(loss, pred, batch):
+    """The loss value, after checking it is finite and has a finite gradient."""
+    pred = pred.clone().requires_grad_(True)
+    value = loss(pred, batch)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(pred.grad).all()
+    return value.item()
+
+
+def test_semseg_loss_known_answer():
+    # official SoftMaxwithLoss: mean over non-255 pixels of -log softmax(logits)[label]. Two classes,
+    # a 2x2 map:
+    #   (0, 0)     label 0: p = 1/2 -> ln 2
+    #   (ln 3, 0)  label 1: p = 1/4 -> ln 4
+    #   (0, ln 3)  label 1: p = 3/4 -> ln(4/3)
+    #   (9, -9)    label 255: ignored
+    # mean over 3 pixels = (ln 2 + ln 4 + ln(4/3)) / 3 = ln(32/3) / 3
+    logits = torch.tensor([[[0.0, LN3], [0.0, 9.0]],
+                           [[0.0, 0.0], [LN3, -9.0]]])[None]
+    labels = torch.tensor([[[0, 1], [1, 255]]])
+    semseg = make_tasks(["semseg"])["semseg"]
+    padded = torch.cat([logits, torch.full((1, semseg.channels - 2, 2, 2), -1e4)], dim=1)
+    assert known(semseg.loss, padded, {"semseg": labels}) == pytest.approx(math.log(32 / 3) / 3, rel=1e-6)
+
+
+def test_human_parts_loss_known_answer():
+    # official SoftMaxwithLoss again, 3 classes on a 1x2 map:
+    #   (0, 0, 0)    label 2: p = 1/3 -> ln 3
+    #   (ln 2, 0, 0) label 0: p = 2/4 -> ln 2
+    # mean = (ln 3 + ln 2) / 2 = ln(6) / 2
+    spec = make_tasks(["human_parts"])["human_parts"]
+    logits = torch.full((1, spec.channels, 1, 2), -1e4)
+    logits[0, :3, 0, 0] = 0.0
+    logits[0, :3, 0, 1] = torch.tensor([math.log(2.0), 0.0, 0.0])
+    labels = torch.tensor([[[2, 0]]])
+    assert known(spec.loss, logits, {"human_parts": labels}) == pytest.approx(math.log(6) / 2, rel=1e-6)
+
+    # a second image without a person (all 255, as the official pipeline makes it) changes nothing
+    pair = torch.cat([logits, torch.randn_like(logits)]).requires_grad_(True)
+    both = torch.cat([labels, torch.full_like(labels, 255)])
+    loss = spec.loss(pair, {"human_parts": both})
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(6) / 2, rel=1e-6)
+    assert torch.equal(pair.grad[1], torch.zeros_like(pair.grad[1]))
+
+
+def test_normals_loss_known_answer():
+    # official NormalsLoss(normalize=True, L1): L1 between pred / |pred| and the label, summed over the
+    # valid elements and divided by their number (3 per valid pixel). A 1x3 map:
+    #   pred (3, 0, 4) -> (0.6, 0, 0.8), label (0, 0, 1): 0.6 + 0 + 0.2 = 0.8
+    #   label (0, 0, 0): missing, whatever the prediction
+    #   pred (0, 2, 0) -> (0, 1, 0),     label (1, 0, 0): 1 + 1 + 0 = 2
+    # (0.8 + 2) / 6 valid elements = 2.8 / 6 (a per-pixel sum over components would be 3x that)
+    pred = torch.tensor([[3.0, 5.0, 0.0], [0.0, -1.0, 2.0], [4.0, 7.0, 0.0]])[None, :, None]
+    label = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])[None, :, None]
+    assert known(TASKS["normals"].loss, pred, {"normals": label}) == pytest.approx(2.8 / 6, rel=1e-6)
+
+
+def bce(logit, label):
+    """Binary cross-entropy of one logit, for the hand computations."""
+    p = 1 / (1 + math.exp(-logit))
+    return -math.log(p if label else 1 - p)
+
+
+# A 2x2 map for the balanced BCE: logits and labels, one pixel ignored (255). Per-pixel BCE:
+#   logit  ln 3, label 1: -ln(3/4) = ln(4/3)
+#   logit  0,    label 0: ln 2
+#   logit -ln 3, label 0: -ln(1 - 1/4) = ln(4/3)
+#   logit  5,    label 255: ignored, so numel = 3 annotated pixels
+BCE_LOGITS = torch.tensor([[[[LN3, 0.0], [-LN3, 5.0]]]])
+BCE_LABELS = torch.tensor([[[[1.0, 0.0], [0.0, 255.0]]]])
+POS = math.log(4 / 3)
+NEG = math.log(2) + math.log(4 / 3)
+
+
+def test_bce_hand_values():
+    assert bce(LN3, 1) == pytest.approx(math.log(4 / 3)) and bce(-LN3, 0) == pytest.approx(math.log(4 / 3))
+    assert bce(0.0, 0) == pytest.approx(math.log(2))
+
+
+def test_edge_loss_known_answer():
+    # official BalancedCrossEntropyLoss(pos_weight=0.95): (0.95 * sum_pos + 0.05 * sum_neg) / numel
+    expected = (0.95 * POS + 0.05 * NEG) / 3
+    assert known(TASKS["edge"].loss, BCE_LOGITS, {"edge": BCE_LABELS}) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sal_loss_known_answer():
+    # official BalancedCrossEntropyLoss without pos_weight: w = #negatives / #pixels = 2/3 here
+    expected = (2 / 3 * POS + 1 / 3 * NEG) / 3
+    assert known(TASKS["sal"].loss, BCE_LOGITS, {"sal": BCE_LABELS}) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sal_balance_is_computed_over_the_batch():
+    # image 0 all salient, image 1 all background, logits 0 (BCE ln 2 everywhere): over the batch
+    # w = 2/4, so loss = (1/2 * 2 ln 2 + 1/2 * 2 ln 2) / 4 = ln(2) / 2. Balancing each image on its
+    # own would weight each image's only class by 0 and give 0.
+    labels = torch.tensor([[[[1.0, 1.0]]], [[[0.0, 0.0]]]])
+    assert known(TASKS["sal"].loss, torch.zeros(2, 1, 1, 2), {"sal": labels}) == pytest.approx(
+        math.log(2) / 2, rel=1e-6)
+
+
+def test_sal_batch_of_one_class_gives_zero_as_officially():
+    # every annotated pixel positive: w = 0 negatives / 3 pixels = 0, so both terms vanish (the
+    # official balancing gives the same); the gradient is exactly 0 too, consistent with "loss 0 =
+    # nothing to learn from this batch"
+    labels = torch.tensor([[[[1.0, 1.0], [1.0, 255.0]]]])
+    pred = torch.randn(1, 1, 2, 2, requires_grad=True)
+    loss = TASKS["sal"].loss(pred, {"sal": labels})
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+def test_balanced_bce_counts_annotated_pixels_only():
+    # the ignored pixel is as if absent: the loss equals that of the 3 annotated pixels as a 1x3 map
+    row_logits = torch.tensor([[[[LN3, 0.0, -LN3]]]])
+    row_labels = torch.tensor([[[[1.0, 0.0, 0.0]]]])
+    for task in ("edge", "sal"):
+        full = TASKS[task].loss(BCE_LOGITS, {task: BCE_LABELS})
+        assert full.item() == pytest.approx(TASKS[task].loss(row_logits, {task: row_labels}).item(), rel=1e-6)
+    # fully annotated: numel is every pixel of the batch, as in the official code
+    labels = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    expected = (0.95 * POS + 0.05 * (NEG + bce(5.0, 0))) / 4
+    assert TASKS["edge"].loss(BCE_LOGITS, {"edge": labels}).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("task", DENSE)

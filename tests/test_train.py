@@ -256,3 +256,11 @@ def test_networks_of_different_tasks_or_seeds_start_from_different_weights(monke
     semseg, depth, other_seed, again = first_weights
     assert not torch.equal(semseg, depth) and not torch.equal(semseg, other_seed)
     assert torch.equal(semseg, again)  # a config always starts from the same weights
+
+
+def test_a_run_records_and_prints_its_device_and_precision(tmp_path, capsys):
+    result = train_or_load(tiny(epochs=1), root=tmp_path)
+    assert list(result.history["device"]) == ["cpu"]
+    assert list(result.history["precision"]) == ["fp32"]  # auto on a CPU: fp32 (train.autocast_dtype)
+    assert "training on cpu, fp32" in capsys.readouterr().out
+    assert train.describe_precision("fp32").startswith("cpu, fp32 (asked for)")
