@@ -232,7 +232,9 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     table = load_results(tmp_path / "ddp")
     assert len(table) == 1
     ddp = json.loads((run_directory(config, tmp_path / "ddp") / "metrics.json").read_text())
-    for key in ("semseg/miou", "depth/rmse", "depth/abs_rel"):
+    # continuous quantities: after 2 epochs mIoU is an argmax statistic near the one-class floor, which
+    # a half-batch BatchNorm difference can flip from one class to another
+    for key in ("val_loss/semseg", "depth/rmse", "depth/abs_rel"):
         assert ddp[key] == pytest.approx(single[key], rel=0.10), key
 
 
