@@ -252,7 +252,8 @@ def test_files_named_in_a_notebooks_text_exist_in_the_repository(name):
     """A reader follows `mtl_core/models/rock.py` or `data/README.md` from the text: they must be there."""
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    paths = re.findall(r"\b((?:mtl_core|data|notebooks|benchmarks|tests)/[\w/.-]*\w\.(?:py|md|ipynb))\b", text)
+    top = "mtl_core|data|notebooks|benchmarks|tests"
+    paths = re.findall(rf"\b((?:{top})/[\w/.-]*\w\.(?:py|md|ipynb))\b", text)
     docs = re.findall(r"(?<![\w/])([A-Z][A-Z_]+\.md)\b", text)  # README.md, DESIGN.md, ...
     missing = [p for p in paths + docs if not (ROOT / p).exists()]
     assert not missing, f"{name} names files that are not in the repository: {missing}"
