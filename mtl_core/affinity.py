@@ -9,7 +9,8 @@ so a model should let tasks interact at every scale. Three ways to measure "clos
    over the flattened features; two tasks are similar at scale s when their RDMs agree, measured by
    Spearman's rank correlation of the RDMs' upper triangles. Bootstrap over images gives intervals.
 2. Gradient affinity: during multi-task training, the cosine between the gradients of two task
-   losses with respect to the shared parameters of one scale (the backbone stage that produces it).
+   losses with respect to the shared parameters of one scale (`scale_parameter_groups`: on a
+   sequential backbone the stage that produces it, on `hrnet` the branch at that resolution).
    cos > 0: a step for one task also helps the other there; cos < 0: they conflict (PCGrad's
    "conflicting gradients").
 3. Lookahead affinity (TAG, Fifty et al. 2021): take a step on one scale's shared parameters
@@ -20,8 +21,13 @@ so a model should let tasks interact at every scale. Three ways to measure "clos
    here therefore has a fixed size relative to the scale's weights, eta * g_i = step * |theta| * g_i / |g_i|
    (step = 1e-3): every task takes a step of the same length, so Z compares directions and
    curvature, not gradient magnitudes. A step is small enough when each task's own update lowers
-   its own loss (Z_{i->i} > 0; the notebook checks it: with 1e-2, the 1/4-scale steps raised every
-   loss on the quick profile). `lookahead_lr` restores TAG's plain SGD step.
+   its own loss (Z_{i->i} > 0; the notebook checks it: with 1e-2, the finest-scale steps raised every
+   loss on the quick profile, then on the `cnn` backbone). `lookahead_lr` restores TAG's plain SGD step.
+
+Scales are indexed s = 0 (the backbone's finest map) ... 3 (its coarsest), as the backbone returns
+them; what stride a scale has depends on the backbone (`backbone.strides`: [2, 4, 8, 16] for `hrnet`
+at its default stem, [4, 8, 16, 32] for `cnn`), so the figures and `scale_name` take the strides
+from the caller instead of assuming them.
 
 The probe for (2) and (3) runs inside the ordinary training loop (`fit(..., step_callback=probe)`).
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -50,7 +57,8 @@ from .train import TrainConfig, fit, validate
 
 @torch.no_grad()
 def scale_features(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> list[np.ndarray]:
-    """The backbone's 4 feature maps of `images`, flattened per image: [(K, C_s * H_s * W_s)] per scale."""
+    """The backbone's feature maps of `images` in the backbone's order (finest first: index s is the map
+    at `backbone.strides[s]`), flattened per image: [(K, C_s * H_s * W_s)] per scale."""
     model.eval()
     chunks = [model.backbone(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return [torch.cat([c[s] for c in chunks]).flatten(1).float().numpy() for s in range(len(chunks[0]))]
@@ -112,10 +120,14 @@ def rsa_per_scale(models: Mapping[str, torch.nn.Module], images: torch.Tensor, b
 
 
 def scale_parameter_groups(backbone: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
-    """The shared parameters that produce each scale: stem + stage 1 for 1/4, then one stage each."""
+    """The shared parameters of each scale, finest first: `stem` + `stages[0]` for scale 0, then
+    `stages[s]` for scale s. On a sequential backbone (`cnn`, ResNets) `stages[s]` is the stage that
+    produces map s; on `hrnet` it is branch s (its entry conv, its blocks and its fusion paths towards
+    the other branches), the layers that compute at that resolution; the stem, which runs at the finest
+    resolution and feeds every branch, is counted with scale 0 on both kinds."""
     if not hasattr(backbone, "stages") or not hasattr(backbone, "stem"):
         raise ValueError(f"{type(backbone).__name__}: per-scale affinity needs a backbone made of a stem "
-                         "and stages (backbone='cnn', 'resnet18' or 'resnet50')")
+                         "and stages (backbone='hrnet', 'cnn', 'resnet18' or 'resnet50')")
     groups = [list(backbone.stem.parameters()) + list(backbone.stages[0].parameters())]
     groups += [list(stage.parameters()) for stage in backbone.stages[1:]]
     return groups
@@ -197,8 +209,9 @@ class AffinityProbe:
 
 
 def training_affinity(config: TrainConfig | dict, every: int = 10, root=None, progress=None) -> pd.DataFrame:
-    """Train `config` (an MTL model on a stem + stages backbone) with an AffinityProbe and return its
-    records; stored as `affinity-<config hash>-every<N>.json` under the runs root and reused."""
+    """Train `config` (an MTL model on a stem + stages backbone: hrnet, cnn, resnet18/50) with an
+    AffinityProbe and return its records; stored as `affinity-<config hash>-every<N>.json` under the
+    runs root and reused."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     validate(config)
@@ -230,18 +243,38 @@ def affinity_matrices(records: pd.DataFrame, kind: str) -> dict[int, pd.DataFram
     return out
 
 
-def pair_table(matrices: Mapping[int, pd.DataFrame], symmetric: bool = True) -> pd.DataFrame:
-    """Task pairs x scales from per-scale matrices (symmetric: a pair once; else both directions)."""
+def scale_name(s: int, strides: Sequence[int] | None = None) -> str:
+    """The column name of scale `s`: "scale 0", or with the backbone's strides "scale 0 (1/2)"."""
+    return f"scale {s}" if strides is None else f"scale {s} ({_stride(s, strides)})"
+
+
+def _stride(s: int, strides: Sequence[int]) -> str:
+    if not 0 <= s < len(strides):
+        raise ValueError(f"scale {s}: strides {list(strides)} name only scales 0-{len(strides) - 1}")
+    return f"1/{strides[s]}"
+
+
+def _scale_index(column, position: int) -> int:
+    """The scale a column stands for: the number in "scale s ..." (scale_name), else its position."""
+    match = re.match(r"scale (\d+)", str(column))
+    return int(match.group(1)) if match else position
+
+
+def pair_table(matrices: Mapping[int, pd.DataFrame], symmetric: bool = True,
+               strides: Sequence[int] | None = None) -> pd.DataFrame:
+    """Task pairs x scales from per-scale matrices (symmetric: a pair once; else both directions);
+    columns are `scale_name(s, strides)`, finest first."""
     tasks = list(next(iter(matrices.values())).index)
     pairs = itertools.combinations(tasks, 2) if symmetric else itertools.permutations(tasks, 2)
-    rows = {f"{a}–{b}" if symmetric else f"{a}→{b}": {s: m.loc[a, b] for s, m in matrices.items()}
+    rows = {f"{a}–{b}" if symmetric else f"{a}→{b}": {s: m.loc[a, b] for s, m in sorted(matrices.items())}
             for a, b in pairs}
-    return pd.DataFrame(rows).T.rename_axis("pair").rename(columns=lambda s: f"scale {s}")
+    return pd.DataFrame(rows).T.rename_axis("pair").rename(columns=lambda s: scale_name(s, strides))
 
 
 def ranking_changes(pairs: pd.DataFrame) -> dict:
-    """What the numbers say: the top pair at each scale, and Kendall's tau between the pair
-    rankings of every two scales (1 = same order; lower = the ranking changes with scale)."""
+    """What the point estimates say: the top pair at each scale, and Kendall's tau between the pair
+    rankings of every two scales (1 = same order; lower = the estimates order the pairs differently
+    there). Descriptive only: whether a difference exceeds the noise is `ranking_reversals`'s question."""
     from scipy.stats import kendalltau
 
     top = {col: pairs[col].idxmax() for col in pairs.columns}
@@ -279,9 +312,10 @@ def rsa_matrices(rsa: pd.DataFrame) -> dict[int, pd.DataFrame]:
 # 4. figures
 
 
-def plot_scale_heatmaps(matrices: Mapping[int, pd.DataFrame], title: str, strides=(4, 8, 16, 32),
-                        center: float = 0.0, save_to=None):
-    """One heatmap per scale, finest first, on a shared colour scale centred on `center`."""
+def plot_scale_heatmaps(matrices: Mapping[int, pd.DataFrame], title: str,
+                        strides: Sequence[int] | None = None, center: float = 0.0, save_to=None):
+    """One heatmap per scale, finest first, on a shared colour scale centred on `center`. `strides`:
+    the backbone's (`backbone.strides`), to title each panel with its stride; None: "scale s" only."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -291,7 +325,7 @@ def plot_scale_heatmaps(matrices: Mapping[int, pd.DataFrame], title: str, stride
     for ax, (s, m) in zip(axes[0], sorted(matrices.items()), strict=True):
         sns.heatmap(m.astype(float), ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=center,
                     vmin=center - span, vmax=center + span, cbar=False, square=True, annot_kws={"size": 8})
-        ax.set_title(f"scale 1/{strides[s]}" if s < len(strides) else f"scale {s}")
+        ax.set_title(scale_name(s, strides))
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, save_to)
@@ -299,8 +333,11 @@ def plot_scale_heatmaps(matrices: Mapping[int, pd.DataFrame], title: str, stride
 
 
 def plot_pairs_across_scales(pairs: pd.DataFrame, ylabel: str, low: pd.DataFrame | None = None,
-                             high: pd.DataFrame | None = None, strides=(4, 8, 16, 32), save_to=None):
-    """A line per task pair across the scales (with a band from `low` / `high` when given)."""
+                             high: pd.DataFrame | None = None, strides: Sequence[int] | None = None,
+                             save_to=None):
+    """A line per task pair across the scales (with a band from `low` / `high` when given). Columns are
+    scales, finest first ("scale s ...": pair_table's names); `strides` (the backbone's) labels the
+    axis with each scale's stride, None with the scale index."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -310,8 +347,13 @@ def plot_pairs_across_scales(pairs: pd.DataFrame, ylabel: str, low: pd.DataFrame
         if low is not None and high is not None:
             ax.fill_between(x, low.loc[pair].values, high.loc[pair].values, color=line.get_color(),
                             alpha=0.15)
-    ax.set_xticks(x, [f"1/{strides[i]}" if i < len(strides) else str(i) for i in x])
-    ax.set_xlabel("scale (backbone stride)")
+    scales = [_scale_index(col, i) for i, col in enumerate(pairs.columns)]
+    if strides is None:
+        ax.set_xticks(x, [str(s) for s in scales])
+        ax.set_xlabel("scale (0 = the backbone's finest map)")
+    else:
+        ax.set_xticks(x, [_stride(s, strides) for s in scales])
+        ax.set_xlabel("scale (backbone stride)")
     ax.set_ylabel(ylabel)
     ax.axhline(0, color="grey", lw=0.8)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")

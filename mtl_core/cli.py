@@ -21,7 +21,9 @@ from .profiles import PROFILES, benchmark
 FIELD_HELP = {
     "model": "registered model: mtl_baseline, single_task, padnet, mtinet, ssd, rock, flat_mtl",
     "tasks": "tasks to learn: semseg depth normals edge sal scene detection",
-    "backbone": "cnn (small, CPU-fast), hrnet_w18_small_v2, resnet18, resnet50",
+    "backbone": ("hrnet (small in-house HRNet, maps at strides 2-16 with its default stem_stride=2; the "
+                 "notebooks' default for dense tasks), cnn (small plain CNN, strides 4-32; the detectors' "
+                 "backbone and this command's default), hrnet_w18_small_v2, resnet18, resnet50"),
     "backbone_options": 'JSON, e.g. \'{"dilated": true}\' or \'{"checkpoint": "path.pth"}\'',
     "model_options": ('JSON, e.g. \'{"fpm": false, "num_scales": 3}\' for mtinet, '
                       '\'{"fusion": "concat"}\' for rock'),

@@ -2,16 +2,23 @@
 
     coverage = prior_coverage(gt_boxes(val_set), (64, 64), strides=(32, 16))  # can SSD's priors fit?
     table = map_table(results)                      # mAP@0.5 / mAP@[.5:.95], mean and std over seeds
-    map_bars(table, "SSD vs ROCK", save_to=...)
+    map_bars(table, "SSD vs ROCK", save_to=...)     # error bars only when seeds were repeated
     per_class = per_class_ap({"SSD": ssd_runs, "ROCK": rock_runs})
     detection_gallery(val_set, {"SSD": predict(ssd, val_set, idx), ...}, idx, save_to=...)
-    ranking_verdict(table, ["ROCK", "flat MTL", "SSD"])   # the conclusion, computed from the numbers
+    boot = MapBootstrap(200)(results)               # one seed: mAP@0.5 on resampled validation images
+    compare_map(results, "ROCK", "SSD", boot).text  # the verdict rule of `significance.compare`
+    ranking_verdict(results, ["ROCK", "flat MTL", "SSD"], boot)   # the conclusion, computed
 
-`results` are what `experiments.run_variants` returns: {label: [RunResult per seed]}.
+`results` are what `experiments.run_variants` returns: {label: [RunResult per seed]}. Every statement
+that one variant is better than another goes through `significance.compare`: Welch's t over seeds,
+or with one seed a paired bootstrap over the validation images (`MapBootstrap`), else "not separable
+at this budget".
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import box_convert, box_iou
 
+from . import significance
 from .data import collate_batch
 from .experiments import metrics_table
 from .metrics import DetectionMeter
@@ -121,10 +129,12 @@ def rock_anatomy(model, image_size: tuple[int, int]) -> tuple[pd.DataFrame, pd.S
 
 def map_table(results: Mapping[str, list[RunResult]], aux_tasks: Sequence[str] = ()) -> pd.DataFrame:
     """mAP@0.5 and mAP@[.5:.95] (%) per variant: columns (metric, mean) and (metric, std) over seeds,
-    then the primary metric of each of `aux_tasks` (NaN for a variant that does not predict it)."""
+    then the primary metric of each of `aux_tasks` (NaN for a variant that does not predict it).
+    `table.attrs["seeds"]` = {variant: number of seeds}, which the figures read."""
     table = metrics_table(results, ("detection",)).rename(columns=MAP_NAMES, level=0)
     if aux_tasks:
         table = pd.concat([table, metrics_table(results, aux_tasks, primary_only=True)], axis=1)
+    table.attrs["seeds"] = {label: len(runs) for label, runs in results.items()}  # for the figures
     return table
 
 
@@ -132,7 +142,7 @@ def difference_table(table: pd.DataFrame, reference: str,
                      metrics: Sequence[str] = ("mAP@0.5", "mAP@[.5:.95]")) -> pd.DataFrame:
     """Each variant's mean minus the reference row's mean, in points, per metric (`map_table` input).
 
-    The std columns tell whether a difference is larger than the seed noise (one seed: no std)."""
+    A difference alone is not a result: whether it is one is `compare_map`'s verdict."""
     if reference not in table.index:
         raise ValueError(f"reference={reference!r}: not a row of the table ({list(table.index)})")
     out = {}
@@ -145,22 +155,54 @@ def difference_table(table: pd.DataFrame, reference: str,
 # ------------------------------------------------------------------ figures
 
 
-def map_bars(table: pd.DataFrame, title: str, reference: str | None = None, save_to=None):
-    """Grouped bars of mAP@0.5 and mAP@[.5:.95] per variant with seed-std error bars; a dashed line
-    marks the `reference` variant's mAP@0.5 (e.g. the plain SSD)."""
+def seed_counts(table: pd.DataFrame, n_seeds: int | Mapping[str, int] | None = None) -> dict[str, int]:
+    """{variant: number of seeds} of a `map_table` / `per_class_ap` table: `n_seeds` (one number for
+    all, or per variant) or what the table recorded in `attrs["seeds"]`."""
+    if n_seeds is None:
+        n_seeds = table.attrs.get("seeds")
+    if n_seeds is None:
+        raise ValueError("the number of seeds per variant is unknown (no attrs['seeds']): pass n_seeds")
+    if isinstance(n_seeds, Mapping):
+        missing = [v for v in table.index if v not in n_seeds]
+        if missing:
+            raise ValueError(f"n_seeds: no count for {missing}")
+        return {v: int(n_seeds[v]) for v in table.index}
+    return {v: int(n_seeds) for v in table.index}
+
+
+def seed_note(counts: Mapping[str, int], spread: bool = True) -> str:
+    """What a figure's numbers are: "1 seed", "mean ± std over 3 seeds" (`spread=False`: "mean over 3
+    seeds"), or the per-variant counts when they differ."""
+    values = sorted(set(counts.values()))
+    if values == [1]:
+        return "1 seed"
+    what = "mean ± std" if spread else "mean"
+    if len(values) == 1:
+        return f"{what} over {values[0]} seeds"
+    return f"{what} over {values[0]}–{values[-1]} seeds" + (", no error bar with 1 seed" if spread else "")
+
+
+def map_bars(table: pd.DataFrame, title: str, reference: str | None = None, save_to=None,
+             n_seeds: int | Mapping[str, int] | None = None):
+    """Grouped bars of mAP@0.5 and mAP@[.5:.95] per variant; a dashed line marks the `reference`
+    variant's mAP@0.5 (e.g. the plain SSD). Error bars (the std over seeds) only where a spread was
+    measured: a variant with one seed has none. The title says which: "1 seed" or "mean ± std over
+    N seeds". The seed counts come from `n_seeds` or from `map_table`'s `attrs["seeds"]`."""
+    counts = seed_counts(table, n_seeds)
+    repeated = np.array([counts[v] > 1 for v in table.index])
     labels = list(table.index)
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(labels) + 1.5), 3.4))
     for k, metric in enumerate(("mAP@0.5", "mAP@[.5:.95]")):
-        std = table[(metric, "std")]
+        std = np.where(repeated, table[(metric, "std")].to_numpy(dtype=float), np.nan)
         ax.bar(x + (k - 0.5) * 0.38, table[(metric, "mean")], 0.38, label=metric,
-               yerr=std if (std > 0).any() else None, capsize=3)  # one seed: no error bar to draw
+               yerr=std if repeated.any() else None, capsize=3)
     if reference is not None and reference in table.index:
         ax.axhline(table.loc[reference, ("mAP@0.5", "mean")], color="grey", ls="--", lw=0.9,
                    label=f"{reference} mAP@0.5")
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel("%")
-    ax.set_title(title)
+    ax.set_title(f"{title} ({seed_note(counts)})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, save_to)
@@ -201,19 +243,24 @@ def per_class_ap(results: Mapping[str, list[RunResult]], metric: str = "ap50", d
         columns[label] = per_seed.mean(axis=0)
     table = pd.DataFrame(columns)
     table.index.name = "class"
+    table.attrs["seeds"] = {label: len(runs) for label, runs in results.items()}  # for the figure
     return table
 
 
-def per_class_bars(table: pd.DataFrame, title: str = "per-class AP@0.5", save_to=None):
+def per_class_bars(table: pd.DataFrame, title: str = "per-class AP@0.5", save_to=None,
+                   n_seeds: int | Mapping[str, int] | None = None):
     """Horizontal grouped bars of a per-class table (classes sorted by the last column's AP);
-    classes without validation boxes (NaN everywhere) are left out."""
+    classes without validation boxes (NaN everywhere) are left out. The bars are means over seeds,
+    without error bars; the title says over how many seeds (`n_seeds`, or `per_class_ap`'s
+    `attrs["seeds"]`)."""
+    counts = seed_counts(table.T, n_seeds)  # the variants are the columns here
     table = table.dropna(how="all")
     order = table.sort_values(table.columns[-1]).index
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(order) + 1.2))
     table.loc[order].plot.barh(ax=ax, width=0.8)
     ax.set_xlabel("AP (%)")
     ax.set_ylabel("")
-    ax.set_title(title)
+    ax.set_title(f"{title} ({seed_note(counts, spread=False)})")
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
@@ -276,29 +323,151 @@ def detection_gallery(dataset, predictions: Mapping[str, list[dict]], indices: S
     return fig
 
 
-# ------------------------------------------------------------------ the conclusion
+# ------------------------------------------------------------------ a bootstrap over validation images
 
 
-def ranking_verdict(table: pd.DataFrame, order: Sequence[str], metric: str = "mAP@0.5") -> tuple[bool, str]:
-    """Does `table` rank the variants as `order` claims (best first), on `metric`'s mean?
+def map50_replicates(meter: DetectionMeter, resamples: np.ndarray) -> np.ndarray:
+    """mAP@0.5 (%) of a filled DetectionMeter's detections on each row of `resamples` (R, N): image
+    indices drawn with replacement from the meter's N images (an image drawn twice counts twice).
 
-    Returns (holds, a markdown sentence with the numbers). Each adjacent gap is compared with the
-    larger of the two seed-stds: a gap inside it is "within seed noise" (no std with one seed: the
-    sentence says so instead of pretending to know)."""
-    missing = [v for v in order if v not in table.index]
+    The meter's own metric code does the work: its COCO datasets are built as torchmetrics builds
+    them for `compute`, pycocotools' COCOeval matches the detections of each image once (IoU 0.5, all
+    areas, at most 100 detections per image), and each resample only re-runs COCOeval's accumulation
+    on the resampled images. The identity resample reproduces the meter's mAP@0.5."""
+    from pycocotools.cocoeval import COCOeval
+
+    resamples = np.atleast_2d(np.asarray(resamples, dtype=np.int64))
+    if meter.n_images == 0:
+        return np.full(len(resamples), math.nan)
+    if resamples.shape[1] != meter.n_images or resamples.min() < 0 or resamples.max() >= meter.n_images:
+        raise ValueError(f"resamples: rows of {meter.n_images} indices in [0, {meter.n_images}) expected, "
+                         f"got shape {resamples.shape}")
+    m = meter.metric
+    preds, target = m._coco_backend._get_coco_datasets(
+        m.groundtruth_labels, m.groundtruth_box, m.groundtruth_mask, m.groundtruth_crowds,
+        m.groundtruth_area, m.detection_labels, m.detection_box, m.detection_mask, m.detection_scores,
+        m.iou_type, average=m.average)
+    evaluator = COCOeval(target, preds, iouType="bbox")
+    params = evaluator.params
+    params.iouThrs = np.array([0.5])
+    params.recThrs = np.array(m.rec_thresholds, dtype=np.float64)
+    params.maxDets = [m.max_detection_thresholds[-1]]
+    params.areaRng, params.areaRngLbl = [[0.0, 1e10]], ["all"]  # COCO's "all"
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+    per_image, n, classes = list(evaluator.evalImgs), len(params.imgIds), len(params.catIds)
+    values = []
+    for rows in resamples:
+        evaluator.evalImgs = [per_image[k * n + i] for k in range(classes) for i in rows]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.accumulate()
+        precision = evaluator.eval["precision"][0, :, :, 0, -1]  # (recall thresholds, classes)
+        valid = precision[precision > -1]  # -1: a class without ground truth in the resample
+        values.append(float(valid.mean()) * 100 if valid.size else math.nan)
+    return np.asarray(values)
+
+
+class MapBootstrap:
+    """Paired bootstrap of mAP@0.5 over the validation images, for variants trained with one seed.
+
+        boot = MapBootstrap(200)(results)      # {variant: (200,) mAP@0.5 replicates}, one-seed variants
+        compare_map(results, "ROCK", "SSD", boot)
+
+    One seed gives no spread over seeds; what can still be measured is how much mAP@0.5 depends on
+    which validation images were drawn. Every variant is re-evaluated (`evaluate_detector`) on its
+    validation set and scored on the same `replicates` resamples of its images (seeded by `seed`), so
+    that the gap of two variants is computed image set by image set -- the interval
+    `significance.compare` reads. It covers the choice of validation images only, not training
+    noise: another seed can move a detector by more. Variants with several seeds are skipped (the
+    verdict uses Welch's t over seeds). All variants scored by one instance must be validated on the
+    same images: a different ground truth is refused. Results are cached per run."""
+
+    def __init__(self, replicates: int, seed: int = 0, dataset=None):
+        if replicates < 1:
+            raise ValueError(f"replicates={replicates}: at least 1")
+        self.replicates, self.seed, self.dataset = int(replicates), seed, dataset
+        self.resamples: np.ndarray | None = None
+        self._truth: tuple | None = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def run(self, result: RunResult) -> np.ndarray:
+        """The (replicates,) mAP@0.5 of one stored run on the resampled validation images."""
+        key = str(result.directory)
+        if key not in self._cache:
+            meter = evaluate_detector(result, self.dataset)
+            m = meter.metric
+            boxes = torch.cat([b.reshape(-1, 4) for b in m.groundtruth_box])
+            truth = ([len(b) for b in m.groundtruth_box], boxes, torch.cat(m.groundtruth_labels))
+            if self._truth is None:
+                self._truth = truth
+                rng = np.random.default_rng(self.seed)
+                self.resamples = rng.integers(0, meter.n_images, (self.replicates, meter.n_images))
+            elif truth[0] != self._truth[0] or not (torch.equal(truth[1], self._truth[1])
+                                                      and torch.equal(truth[2], self._truth[2])):
+                raise ValueError(f"{result.directory.name}: validated on other images than the runs before "
+                                 "it; a paired bootstrap needs one validation set (use another MapBootstrap)")
+            self._cache[key] = map50_replicates(meter, self.resamples)
+        return self._cache[key]
+
+    def __call__(self, results: Mapping[str, list[RunResult]]) -> dict[str, np.ndarray]:
+        return {label: self.run(runs[0]) for label, runs in results.items() if len(runs) == 1}
+
+
+# ------------------------------------------------------------------ verdicts and the conclusion
+
+
+def per_seed(results: Mapping[str, list[RunResult]], variant: str, metric: str = "mAP@0.5") -> list[float]:
+    """The per-seed values of a detection metric ("mAP@0.5" or "mAP@[.5:.95]") of one variant."""
+    keys = {name: key for key, name in MAP_NAMES.items()}
+    if metric not in keys:
+        raise ValueError(f"metric={metric!r}: one of {list(keys)}")
+    if variant not in results:
+        raise ValueError(f"{variant!r}: not among the results ({list(results)})")
+    return [float(r.metrics[keys[metric]]) for r in results[variant]]
+
+
+def compare_map(results: Mapping[str, list[RunResult]], a: str, b: str,
+                boot: Mapping[str, np.ndarray] | None = None, metric: str = "mAP@0.5",
+                floor: float | None = None) -> significance.Verdict:
+    """`significance.compare` on the per-seed `metric` (higher is better) of variants `a` and `b`.
+    With one seed on a side, the bootstrap replicates in `boot` (`MapBootstrap`, mAP@0.5 only) decide
+    when both variants have them; otherwise the verdict is "not separable at this budget"."""
+    boot = boot or {}
+    use_boot = metric == "mAP@0.5" and a in boot and b in boot
+    return significance.compare(per_seed(results, a, metric), per_seed(results, b, metric), a, b,
+                                higher_is_better=True, boot_a=boot[a] if use_boot else None,
+                                boot_b=boot[b] if use_boot else None, floor=floor)
+
+
+def values_text(results: Mapping[str, list[RunResult]], variants: Sequence[str],
+                metric: str = "mAP@0.5") -> str:
+    """ "ROCK 30.00 ± 1.00, SSD 24.50 ± 1.00 (mean ± std over 3 seeds)", or the values of one seed."""
+    counts = {v: len(results[v]) for v in variants}
+    parts = []
+    for v in variants:
+        values = per_seed(results, v, metric)
+        parts.append(f"{v} {np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else ""))
+    return f"{', '.join(parts)} ({seed_note(counts)})"
+
+
+def ranking_verdict(results: Mapping[str, list[RunResult]], order: Sequence[str],
+                    boot: Mapping[str, np.ndarray] | None = None,
+                    metric: str = "mAP@0.5") -> tuple[bool, str]:
+    """Do the results support the ordering `order` (best first) on `metric`?
+
+    Each adjacent pair is decided by `compare_map` (Welch's t over seeds; one seed: the bootstrap in
+    `boot`, else not separable). The ordering **holds** when every adjacent pair is separable in the
+    claimed direction, **does not hold** when one is separable the other way round, and is **not
+    established at this budget** otherwise. Returns (holds, a markdown sentence with the numbers and
+    each pair's verdict)."""
+    missing = [v for v in order if v not in results]
     if missing:
-        raise ValueError(f"order: {missing} not in the table ({list(table.index)})")
-    mean, std = table[(metric, "mean")], table[(metric, "std")]
-    holds = all(mean[a] > mean[b] for a, b in zip(order, order[1:], strict=False))
-    values = " vs ".join(f"{v} {mean[v]:.2f}" + (f" ± {std[v]:.2f}" if std[v] > 0 else "") for v in order)
-    gaps = []
-    for a, b in zip(order, order[1:], strict=False):
-        noise = max(std[a], std[b])
-        size = "" if noise == 0 else (" (beyond seed noise)" if abs(mean[a] - mean[b]) > noise
-                                      else " (within seed noise)")
-        gaps.append(f"{a} − {b} = {mean[a] - mean[b]:+.2f}{size}")
-    verdict = "**holds**" if holds else "**does not hold**"
-    text = f"{metric}: {values}. The ordering {' > '.join(order)} {verdict}; gaps: {', '.join(gaps)}."
-    if (std[list(order)] == 0).all():
-        text += " One seed: no estimate of seed noise, read small gaps with care."
+        raise ValueError(f"order: {missing} not in the results ({list(results)})")
+    verdicts = [compare_map(results, a, b, boot, metric) for a, b in zip(order, order[1:], strict=False)]
+    holds = all(v.separable and v.better == a for v, a in zip(verdicts, order, strict=False))
+    reversed_ = any(v.separable and v.better != a for v, a in zip(verdicts, order, strict=False))
+    state = ("**holds**" if holds else "**does not hold**" if reversed_
+             else "is **not established at this budget**")
+    text = (f"{metric}: {values_text(results, order, metric)}. The ordering {' > '.join(order)} {state}: "
+            + "; ".join(v.text for v in verdicts) + ".")
     return holds, text

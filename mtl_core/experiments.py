@@ -29,27 +29,43 @@ from .runs import RunResult, train_or_load
 from .tasks import make_tasks
 from .train import TrainConfig, eval_protocol, validate
 
-# What each profile trains. `widths` are the in-house CNN backbone's stage widths: narrower than its
-# default so that a study of ~35 runs fits a laptop CPU (the models keep all their parts).
-# The budgets are set by measurement on a 2-core CPU without bf16 hardware (fp32; `python -m mtl_core
-# suite --jobs 2`): a 64x64 run of 1000 images costs ~10 s for a single-task network, ~16 s for the
-# MTL baseline, ~12 s for a detector and ~60 s for MTI-Net (its per-scale branches hold ~95% of its
-# weights and FLOPs), so `quick` (1 epoch, one seed) executes the suite in about 10 minutes and `full`
-# (2 epochs, 3 seeds, every variant) in about an hour. Both are short schedules: the orderings the
-# papers report need longer training (e.g. MTI-Net overtakes the MTL baseline somewhere between 125 and
-# 750 steps here); every study notebook takes `overrides` (TrainConfig fields for all its runs, e.g.
-# {"epochs": 6, "num_train": 2000}) to train longer.
+# What each profile trains. The dense studies (01-03, 05, 06) use the in-house `hrnet` backbone with
+# branch widths `widths`: four parallel resolutions that keep exchanging information, so every map is an
+# end-of-network feature as in the papers (HRNet-W18 in MTI-Net). Its pyramid starts at stride 2, so a
+# 64x64 image gives 32, 16, 8 and 4 pixel maps: the same maps as stride 4 on 128x128 images, ~1.2-1.3x
+# faster to train (benchmarks/backbones.py). The detectors (04) use the plain `cnn` with `cnn_widths`:
+# ROCK reads a single map, the last. `model_options` are each model's defaults on `backbone` (explicit
+# options win): they keep the papers' proportions at these widths (tests/test_models_dense.py checks them):
+# single-task networks about the MTL baseline's size, MTI-Net ~2.5x its parameters and ~1.3x its
+# GMACs (paper, HRNet-18 on NYUD: 2.1x and 1.3x), PAD-Net the most GMACs. MTI-Net's task features are
+# 16 channels wide at most (the official code uses the backbone's widths, 8 ... 64 here: on this
+# shallow backbone that would be ~11x the baseline's parameters) and PAD-Net's are 16 wide, at the
+# finest scale.
+# Schedules follow convergence, not the clock (benchmarks/learning_curves.py records the validation
+# curves of the single-task networks, the MTL baseline and MTI-Net): `quick` and `full` train the same
+# 12 epochs of 1000 images (744 steps, cosine schedule), where the curves flatten; `quick` drops variants
+# and seeds, never steps (one seed, the core comparison), `full` adds every variant and 3 seeds. Every
+# run validates at each quarter of its schedule, and `convergence` shows what still moved over the last
+# quarter. An epoch trains in ~9 s for a single-task network, ~16 s for the MTL baseline, ~26 s for
+# MTI-Net and ~38 s for PAD-Net (2-core CPU, fp32, one thread per run as `suite --jobs 2` gives).
+# The detectors keep their own short schedule (`detection_epochs`) until the detection study is rebuilt.
+# `overrides` (TrainConfig fields for all of a notebook's runs) train longer or on more images.
 # `num_train` / `num_val` in a profile here override its data sizes (profiles.PROFILES) for training.
+STUDY_MODELS = {"backbone": "hrnet", "widths": (8, 16, 32, 64), "detector_backbone": "cnn",
+                "model_options": {"mtinet": {"task_widths": (8, 16, 16, 16)}, "padnet": {"width": 16}}}
 STUDY: dict[str, dict] = {
     # CI: every notebook executes end to end in seconds; the numbers mean nothing
-    "ci": {"epochs": 2, "seeds": (0,), "widths": (8, 16, 24, 32), "batch_size": 16, "num_train": 48,
-           "num_val": 16, "rsa_images": 16, "bootstrap": 50, "affinity_every": 2, "lr": 5e-3},
-    # minutes: one seed, 62 steps, a subset of the variants -- every figure, indicative numbers
-    "quick": {"epochs": 1, "seeds": (0,), "widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 64,
-              "bootstrap": 200, "affinity_every": 5, "lr": 2e-3},
-    # an hour: 3 seeds (mean ± std), 125 steps, every variant of the papers' ablations
-    "full": {"epochs": 2, "seeds": (0, 1, 2), "widths": (16, 32, 48, 64), "batch_size": 16,
-             "rsa_images": 100, "bootstrap": 500, "affinity_every": 10, "lr": 2e-3},
+    "ci": {**STUDY_MODELS, "epochs": 2, "detection_epochs": 2, "seeds": (0,), "cnn_widths": (8, 16, 24, 32),
+           "batch_size": 16, "num_train": 48, "num_val": 16, "rsa_images": 16, "bootstrap": 50,
+           "affinity_every": 2, "lr": 5e-3},
+    # the core comparison at the converged schedule, one seed: every figure
+    "quick": {**STUDY_MODELS, "epochs": 12, "detection_epochs": 1, "seeds": (0,),
+              "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 64, "bootstrap": 200,
+              "affinity_every": 25, "lr": 2e-3},
+    # every variant of the papers' ablations, 3 seeds (mean ± std), the same schedule
+    "full": {**STUDY_MODELS, "epochs": 12, "detection_epochs": 2, "seeds": (0, 1, 2),
+             "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 100, "bootstrap": 500,
+             "affinity_every": 25, "lr": 2e-3},
 }
 
 
@@ -64,16 +80,30 @@ def base_config(profile: str, *, dataset: str = "synthetic", data_dir: str | Non
                 **fields) -> TrainConfig:
     """A TrainConfig sized by `profile`; `fields` override any TrainConfig field.
 
-    The in-house backbone gets the profile's widths; val metrics are computed once, at the end
-    (eval_every = epochs), unless `eval_every` is given."""
+    The backbone is the profile's `backbone` (`detector_backbone` when the tasks include detection)
+    unless one is given (None picks the profile's too); the in-house backbones get the profile's widths
+    (`widths` for the dense backbone, `cnn_widths` for `cnn`) and, on the dense backbone, the model its
+    study options (`model_options`), each under what `fields` give. Val metrics are computed at every
+    quarter of the schedule (eval_every = epochs / 4), unless `eval_every` is given: enough to show
+    convergence (`convergence`) at a small cost."""
     s = study(profile)
-    values = {"size": s["size"], "num_train": s["num_train"], "num_val": s["num_val"], "epochs": s["epochs"],
-              "batch_size": s["batch_size"], "lr": s["lr"], "seed": seed, "dataset": dataset,
-              "data_dir": data_dir}
+    tasks = fields.get("tasks", TrainConfig.tasks)
+    detector = "detection" in ((tasks,) if isinstance(tasks, str) else tuple(tasks))
+    values = {"size": s["size"], "num_train": s["num_train"], "num_val": s["num_val"],
+              "epochs": s["detection_epochs" if detector else "epochs"], "batch_size": s["batch_size"],
+              "lr": s["lr"], "seed": seed, "dataset": dataset, "data_dir": data_dir}
     values.update(fields)
-    values.setdefault("eval_every", values["epochs"])
-    if values.get("backbone", "cnn") == "cnn":
-        values["backbone_options"] = {"widths": list(s["widths"]), **values.get("backbone_options", {})}
+    values.setdefault("eval_every", max(1, values["epochs"] // 4))
+    if values.get("backbone") is None:  # None: the study's choice
+        values["backbone"] = s["detector_backbone"] if detector else s["backbone"]
+    widths = {s["backbone"]: s["widths"], "cnn": s["cnn_widths"]}.get(values["backbone"])
+    if widths is not None:
+        values["backbone_options"] = {"widths": list(widths), **values.get("backbone_options", {})}
+    # the study options are sized for the study backbone; sequences as lists, as a stored config reads back
+    study_options = s["model_options"].get(values.get("model", TrainConfig.model), {})
+    defaults = ({k: list(v) if isinstance(v, tuple) else v for k, v in study_options.items()}
+                if values["backbone"] == s["backbone"] else {})
+    values["model_options"] = {**defaults, **values.get("model_options", {})}
     config = TrainConfig.from_dict(values)
     validate(config)
     return config
@@ -135,6 +165,51 @@ def metrics_table(results: Mapping[str, list[RunResult]], tasks: Iterable[str],
     table = pd.DataFrame(rows).T
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     return table
+
+
+def task_specs(config: TrainConfig) -> dict:
+    """The task specs a run of `config` trains with: class lists and loss weights as its dataset gives
+    them (the synthetic benchmark's own weights, the official ones on real data), under `loss_weights`."""
+    from .train import make_dataset
+
+    val = make_dataset(config, "val", config.val_domain)
+    return make_tasks(config.tasks, dataset=val, weights=config.loss_weights)
+
+
+CONVERGED_CHANGE = 2.0  # %: a run whose primary metrics moved less over its last quarter has converged
+
+
+def convergence(results: Mapping[str, list[RunResult]], tasks: Iterable[str]) -> pd.DataFrame:
+    """How much each variant's primary metrics still moved over the last quarter of training: the
+    relative change (%) between the validation at ≥ 3/4 of the schedule (the latest evaluation at or
+    before it) and the final one, as the worst over seeds. Columns: one per task, `worst` and
+    `converged` (worst < CONVERGED_CHANGE). NaN where the history has no evaluation there."""
+    specs = make_tasks(tuple(tasks))
+    rows = {}
+    for label, runs in results.items():
+        row = {}
+        for task, spec in specs.items():
+            key, changes = f"{task}/{spec.primary}", []
+            for r in runs:
+                h = r.history
+                if h.empty or key not in h or "epoch" not in h:
+                    changes.append(math.nan)
+                    continue
+                evaluated = h.dropna(subset=[key])
+                last = int(h["epoch"].max())
+                before = evaluated[(evaluated["epoch"] <= 0.75 * last) & (evaluated["epoch"] < last)]
+                final = evaluated[evaluated["epoch"] == last]
+                if before.empty or final.empty:
+                    changes.append(math.nan)
+                    continue
+                a, b = float(before[key].iloc[-1]), float(final[key].iloc[0])
+                changes.append(abs(b - a) / abs(b) * 100 if b != 0 else math.nan)
+            row[f"Δ {task} (%)"] = max(changes) if not all(map(math.isnan, changes)) else math.nan
+        worst = [v for v in row.values() if not math.isnan(v)]
+        row["worst"] = max(worst) if worst else math.nan
+        row["converged"] = bool(worst) and row["worst"] < CONVERGED_CHANGE
+        rows[label] = row
+    return pd.DataFrame(rows).T
 
 
 TRIVIAL_LABEL = "trivial predictor (no image)"

@@ -57,8 +57,14 @@ def load_run(run: str, root=None) -> RunResult:
 
 def find_run(table: pd.DataFrame, like: TrainConfig, root=None) -> str | None:
     """The stored run to inspect for `like`: that exact config if it is complete, else a complete run of
-    the same model trained on the same data with the same schedule (default model options first),
-    else None. `table` is runs.load_results(root)."""
+    the same model trained on the same data with the same schedule, else None. `table` is
+    runs.load_results(root).
+
+    Among the candidates, in this order: the same tasks (e.g. ROCK with all its auxiliary tasks); the
+    model options closest to `like`'s (fewest options set differently or only on one side: for the
+    study's MTI-Net, whose options carry the study's `task_widths` in every variant, the full model
+    before its ablations such as `fpm=False` or `num_scales=3`); the same backbone and backbone options;
+    the same seed; then the run name, so that the choice never depends on the table's row order."""
     if (run_directory(like, root) / "metrics.json").exists():
         return run_directory(like, root).name
     if table.empty:
@@ -73,19 +79,37 @@ def find_run(table: pd.DataFrame, like: TrainConfig, root=None) -> str | None:
         rows = rows[rows["status"] == "complete"]
     if rows.empty:
         return None
-    # prefer the same tasks (e.g. ROCK with all its auxiliary tasks), then default model options
-    tasks = rows["tasks"].map(lambda t: _same(t, target["tasks"]))
-    plain = rows["model_options"].map(lambda o: not o) if "model_options" in rows else True
-    ranked = rows.assign(_tasks=tasks, _plain=plain).sort_values(["_tasks", "_plain"], ascending=False,
-                                                                 kind="stable")
-    return str(ranked["run"].iloc[0])
+
+    def rank(row) -> tuple:
+        options = _options(row.get("model_options"))
+        wanted = target["model_options"] or {}
+        differing = sum(not _same(options.get(k), wanted.get(k)) for k in {*options, *wanted})
+        backbone = (_same(row.get("backbone"), target["backbone"])
+                    and _same(_options(row.get("backbone_options")), target["backbone_options"] or {}))
+        return (not _same(row["tasks"], target["tasks"]), differing, not backbone,
+                not _same(row.get("seed"), target["seed"]), str(row["run"]))
+
+    return str(min(rank(row) for _, row in rows.iterrows())[-1])
+
+
+def _options(value) -> dict:
+    # a config's options dict; pandas gives NaN for a column a row does not have
+    return value if isinstance(value, dict) else {}
 
 
 def _same(a, b) -> bool:
-    # JSON turns tuples into lists and pandas turns None into NaN: compare what they stand for
-    if isinstance(a, float) and math.isnan(a):
-        a = None
-    return (list(a) if isinstance(a, list | tuple) else a) == (list(b) if isinstance(b, list | tuple) else b)
+    return _plain_deep(a) == _plain_deep(b)
+
+
+def _plain_deep(value):
+    # JSON turns tuples into lists and pandas turns None into NaN: compare what they stand for, at any depth
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_plain_deep(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_deep(v) for k, v in value.items()}
+    return value
 
 
 _DATASETS: dict[str, object] = {}
@@ -301,7 +325,8 @@ def deep_predictions_figure(sample: dict, outputs: dict, tasks=None, save_to=Non
 
 
 def _attention(outputs: dict) -> list[dict]:
-    """[{target: {source: gate (1, C, h, w)}} per scale]: MTI-Net has a list, PAD-Net one dict at 1/4."""
+    """[{target: {source: gate (1, C, h, w)}} per scale]: MTI-Net has a list, PAD-Net one dict at the
+    backbone's finest scale."""
     gates = (outputs.get("features") or {}).get("attention") or []
     return [gates] if isinstance(gates, dict) else [g for g in gates if g]
 

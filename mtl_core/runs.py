@@ -39,9 +39,12 @@ def default_runs_root() -> Path:
 
 # Part of every run's hash: bumped when the same config would train differently or store an
 # incompatible checkpoint (2: PAD-Net / MTI-Net task branches as grouped convolutions; 3: initial
-# weights seeded by seed and tasks, gradient weightings that change only the shared parameters),
-# so older runs are left in place and not mistaken for current ones.
-STORE_VERSION = 3
+# weights seeded by seed and tasks, gradient weightings that change only the shared parameters;
+# 4: MTI-Net's FPM mask normalised over the official code's channel groups, PAD-Net's 1x1 conv on
+# the fused map as the official HighResolutionFuse; 5: batch augmentation, the synthetic benchmark's
+# own loss weights, fused optimizer steps), so older runs are left in place and not mistaken for
+# current ones.
+STORE_VERSION = 5
 
 
 def config_hash(config: TrainConfig) -> str:

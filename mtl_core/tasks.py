@@ -205,11 +205,13 @@ def make_task(name: str, num_classes: int | None = None, classes: Iterable[str] 
 def make_tasks(names: Iterable[str], dataset=None,
                weights: dict[str, float] | None = None) -> dict[str, TaskSpec]:
     """Specs for `names`; class lists come from `dataset`'s classes / scene_classes / det_classes /
-    part_classes attributes, when it has them."""
+    part_classes attributes, when it has them. Loss weights: `weights`, else the dataset's own
+    `loss_weights` (the synthetic benchmark's, chosen by benchmarks/task_weights.py), else the spec's
+    (MTI-Net's official values, which the real datasets keep)."""
     if isinstance(names, str):
         names = [names]
     names = list(names)
-    weights = weights or {}
+    weights = {**getattr(dataset, "loss_weights", {}), **(weights or {})}
     unknown = [n for n in names if n not in _SPECS]
     if unknown:
         raise ValueError(f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")

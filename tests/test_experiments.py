@@ -21,7 +21,7 @@ def test_every_profile_has_study_settings_and_base_config_applies_them():
     config = experiments.base_config("quick", model="mtinet", tasks=("semseg", "depth"), seed=3)
     s = experiments.study("quick")
     assert config.size == tuple(PROFILES["quick"]["size"]) and config.num_train == s["num_train"]
-    assert config.epochs == s["epochs"] and config.eval_every == s["epochs"] and config.seed == 3
+    assert config.epochs == s["epochs"] and config.eval_every == max(1, s["epochs"] // 4) and config.seed == 3
     assert config.backbone_options == {"widths": list(s["widths"])}
     # explicit fields win, a non-cnn backbone gets no cnn widths
     config = experiments.base_config("ci", epochs=3, eval_every=1, backbone="resnet18")
@@ -122,3 +122,26 @@ def test_delta_m_uses_the_runs_protocol_and_refuses_mixed_protocols():
     with pytest.raises(ValueError, match="different protocols"):
         experiments.delta_m_table({"m": [run(better_iou, "official")]}, {"sal": [run(single, "default")]},
                                   ("sal",))
+
+
+def test_convergence_known_answer():
+    """The change over the last quarter: evaluations at epochs 4, 8, 12, 16 -> epoch 12 vs epoch 16,
+    relative to the final value, the worst seed counts; a history without that evaluation gives NaN."""
+    def run(miou, rmse):
+        h = pd.DataFrame({"epoch": range(1, 17), "semseg/miou": np.nan, "depth/rmse": np.nan})
+        h.loc[h.epoch.isin([4, 8, 12, 16]), "semseg/miou"] = miou
+        h.loc[h.epoch.isin([4, 8, 12, 16]), "depth/rmse"] = rmse
+        return RunResult(TrainConfig(), Path("."), {}, h, trained=False)
+
+    results = {"flat": [run([10, 20, 49, 50], [2, 1.5, 1.0, 1.0]),
+                        run([10, 20, 50, 50], [2, 1.5, 1.01, 1.0])],
+               "moving": [run([10, 20, 30, 40], [2, 1.5, 1.2, 1.0])],
+               "unevaluated": [RunResult(TrainConfig(), Path("."), {}, pd.DataFrame(), trained=False)]}
+    table = experiments.convergence(results, ("semseg", "depth"))
+    assert table.loc["flat", "Δ semseg (%)"] == pytest.approx(2.0)  # |50 - 49| / 50
+    assert table.loc["flat", "Δ depth (%)"] == pytest.approx(1.0)  # the second seed: |1.0 - 1.01| / 1.0
+    assert table.loc["flat", "worst"] == pytest.approx(2.0) and not table.loc["flat", "converged"]
+    assert table.loc["moving", "Δ semseg (%)"] == pytest.approx(25.0) and not table.loc["moving", "converged"]
+    assert np.isnan(table.loc["unevaluated", "worst"]) and not table.loc["unevaluated", "converged"]
+    results["flat"][0] = run([10, 20, 49.5, 50], [2, 1.5, 1.0, 1.0])
+    assert experiments.convergence(results, ("semseg", "depth")).loc["flat", "converged"]

@@ -246,6 +246,45 @@ def test_find_run_prefers_the_exact_config_then_the_same_model_and_data(stored):
         assert inspector.find_run(table, TrainConfig.from_dict({**config.to_dict(), **change}), root) is None
 
 
+def test_find_run_picks_the_full_mtinet_over_its_ablations_whatever_the_row_order(tmp_path):
+    """The study's MTI-Net variants all carry the same task_widths in model_options, so "no model options"
+    no longer marks the full model: the run whose options are closest to the asked config's must win,
+    whichever order the table lists the runs in."""
+    widths = {"task_widths": [8, 16, 16, 16]}
+    like = TrainConfig(model="mtinet", tasks=TASKS, backbone="hrnet",
+                       backbone_options={"widths": [8, 16, 32, 64]}, model_options=widths, num_train=16,
+                       num_val=2, epochs=1, seed=0)
+    base = {**like.to_dict(), "status": "complete"}
+    rows = [{**base, "run": "mtinet-0a", "model_options": {**widths, "fpm": False}},
+            {**base, "run": "mtinet-1b", "model_options": {**widths, "num_scales": 3}},
+            {**base, "run": "mtinet-2c", "model_options": {**widths, "distillation": False}},
+            {**base, "run": "mtinet-3d", "model_options": dict(widths)},  # the full MTI-Net
+            {**base, "run": "mtinet-4e", "model_options": dict(widths), "seed": 1}]  # full, another seed
+    for order in (rows, rows[::-1], rows[2:] + rows[:2]):
+        assert inspector.find_run(pd.DataFrame(order), like, tmp_path) == "mtinet-3d"
+    # a run on another backbone (without the study's options) is not preferred either
+    rows.append({**base, "run": "mtinet-5f", "model_options": {}, "backbone": "cnn", "backbone_options": {}})
+    assert inspector.find_run(pd.DataFrame(rows[::-1]), like, tmp_path) == "mtinet-3d"
+    # without that seed's run the other seed's full MTI-Net, still not an ablation or another backbone
+    assert inspector.find_run(pd.DataFrame([r for r in rows if r["run"] != "mtinet-3d"]), like, tmp_path) == \
+        "mtinet-4e"
+    # asked for an ablation, the ablation is found
+    no_fpm = TrainConfig.from_dict({**like.to_dict(), "model_options": {**widths, "fpm": False}})
+    assert inspector.find_run(pd.DataFrame(rows[::-1]), no_fpm, tmp_path) == "mtinet-0a"
+
+
+def test_per_scale_views_name_the_strides_of_the_hrnet_backbone():
+    """hrnet's pyramid starts at stride 2: at 64x64 its maps are 32, 16, 8 and 4 pixels wide."""
+    torch.manual_seed(0)
+    model = build_model("mtinet", TASKS, backbone="hrnet", task_widths=(8, 8, 8, 8))
+    assert model.backbone.strides == [2, 4, 8, 16]
+    out = inspector.predict(model, make_sample())
+    fig = inspector.deep_predictions_figure(make_sample(), out)
+    top = [ax.get_title().split(":")[0] for ax in image_axes(fig)[:6]]
+    assert top == ["ground truth", "1/2", "1/4", "1/8", "1/16", "final"]
+    assert list(inspector.attention_table(out, (64, 64)).columns) == ["1/2", "1/4", "1/8", "1/16"]
+
+
 def test_load_run_restores_the_stored_weights(stored):
     root, config, model = stored
     result = inspector.load_run(run_directory(config, root).name, root)

@@ -311,3 +311,21 @@ def test_task_losses_sums_deep_supervision_and_handles_auxiliary_tasks():
 def test_task_losses_reports_a_task_without_prediction():
     with pytest.raises(KeyError, match="sal"):
         task_losses({"depth": make_pred("depth"), "deep": []}, make_batch(), {"sal": TASKS["sal"]})
+
+
+def test_loss_weights_come_from_the_dataset_unless_given():
+    """The synthetic benchmark's own weights apply to every model trained on it; an explicit weight wins;
+    a dataset without weights (the real ones) keeps the spec's official MTI-Net values."""
+    from mtl_core.data.synthetic import LOSS_WEIGHTS, SyntheticScenes
+    from mtl_core.tasks import make_tasks
+
+    class RealLike:  # a loader without its own weights
+        classes = ()
+
+    names = ("semseg", "depth", "normals", "edge")
+    synthetic = make_tasks(names, dataset=SyntheticScenes.__new__(SyntheticScenes))
+    assert {n: s.weight for n, s in synthetic.items()} == {n: LOSS_WEIGHTS[n] for n in names}
+    given = make_tasks(names, dataset=SyntheticScenes.__new__(SyntheticScenes), weights={"edge": 7.0})
+    assert given["edge"].weight == 7.0 and given["normals"].weight == LOSS_WEIGHTS["normals"]
+    official = make_tasks(names, dataset=RealLike())
+    assert [official[n].weight for n in names] == [1.0, 1.0, 10.0, 50.0]

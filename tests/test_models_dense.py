@@ -1,13 +1,19 @@
-"""Dense multi-task models: the output contract, gradients, MTI-Net's switches, sizes of the NYUD builds."""
+"""Dense multi-task models: the output contract, gradients, MTI-Net's switches, sizes of the NYUD builds
+and of the study settings."""
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl_core import experiments
 from mtl_core.losses import task_losses
 from mtl_core.models import build_model, model_summary
+from mtl_core.models.baselines import head_width_for
 from mtl_core.models.heads import BasicBlock, SqueezeExcitation
+from mtl_core.models.mtinet import FeaturePropagation
 from mtl_core.models.padnet import MultiModalDistillation
 from mtl_core.tasks import make_task, make_tasks
 
@@ -20,6 +26,17 @@ OPTIONS = {"padnet": {"width": 32}}
 
 def build(name, task_names, **options):
     return build_model(name, task_names, **SMALL, **OPTIONS.get(name, {}), **options)
+
+
+def build_study(name, task_names=DENSE, profile="quick", **options):
+    """A model as the study notebooks build it: experiments.base_config's backbone, widths and options."""
+    config = experiments.base_config(profile, model=name, tasks=tuple(task_names), model_options=options)
+    return build_model(config.model, config.tasks, backbone=config.backbone,
+                       backbone_options=config.backbone_options, **config.model_options)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
 
 
 def make_batch(tasks, size, batch_size=2, seed=0):
@@ -273,7 +290,9 @@ def test_mtinet_features_structure():
         c, stride = widths[j + 1], strides[j + 1]
         assert set(masks) == set(DENSE)
         assert all(m.shape == (2, c, 64 // stride, 96 // stride) for m in masks.values())
-        torch.testing.assert_close(sum(masks.values()), torch.ones(2, c, 64 // stride, 96 // stride))
+        # over the task-major concatenation, every group of N = 4 consecutive channels sums to 1
+        groups = torch.cat([masks[t] for t in DENSE], dim=1).unflatten(1, (c, 4)).sum(dim=2)
+        torch.testing.assert_close(groups, torch.ones(2, c, 64 // stride, 96 // stride))
 
 
 def test_padnet_features_structure():
@@ -322,3 +341,141 @@ def test_nyud_hrnet_sizes_match_the_official_code():
         assert abs(measured[name][1] - official[name][1]) / official[name][1] < 0.25, name
     assert measured["padnet"][1] > 3 * measured["mtinet"][1]
     assert measured["mtinet"][1] > measured["mtl_baseline"][1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study settings: the small HRNet (experiments.STUDY) and the models' options
+
+
+def test_base_config_picks_the_study_backbone_and_options():
+    s = experiments.study("quick")
+    dense = experiments.base_config("quick", model="mtinet", tasks=("semseg", "depth"), backbone=None,
+                                    model_options={"num_scales": 2})
+    assert (dense.backbone, dense.backbone_options) == ("hrnet", {"widths": list(s["widths"])})
+    assert dense.model_options == {"task_widths": [8, 16, 16, 16], "num_scales": 2}
+    wider = experiments.base_config("quick", model="padnet", model_options={"width": 24})
+    assert wider.model_options == {"width": 24}  # explicit options win
+    on_cnn = experiments.base_config("quick", model="mtinet", backbone="cnn")
+    assert on_cnn.model_options == {} and on_cnn.backbone_options == {"widths": list(s["cnn_widths"])}
+    rock = experiments.base_config("quick", model="rock", tasks=("detection", "depth"),
+                                   backbone_options={"dilated": True})
+    assert rock.backbone == "cnn"
+    assert rock.backbone_options == {"widths": list(s["cnn_widths"]), "dilated": True}
+    assert rock.model_options == {}
+
+
+@pytest.mark.parametrize("name, task_names", [
+    ("mtl_baseline", DENSE + ["scene"]), ("single_task", ["normals"]), ("padnet", DENSE), ("mtinet", DENSE)],
+    ids=lambda v: v if isinstance(v, str) else "+".join(v))
+def test_study_models_train_every_parameter(name, task_names):
+    tasks = make_tasks(task_names)
+    model = build_study(name, task_names)
+    assert model.backbone.strides == [2, 4, 8, 16]  # 64x64: maps of 32, 16, 8 and 4 pixels
+    out, losses = train_step(model, tasks, (64, 96))
+    assert_contract(out, tasks, (64, 96))
+    assert set(losses) == set(tasks) and all(torch.isfinite(v) for v in losses.values())
+    assert_every_parameter_learns(model)
+
+
+def test_one_scale_mtinet_still_trains_every_hrnet_branch():
+    """With 1 scale MTI-Net reads only the finest map, yet every branch reaches it through the fusion;
+    only the last unit's paths towards the coarser branches (whose maps go unused) get no gradient."""
+    tasks = make_tasks(DENSE)
+    model = build_study("mtinet", num_scales=1)
+    train_step(model, tasks, (64, 64))
+    assert_every_parameter_learns(model, unused=[f"backbone.stages.{s}.down.2." for s in range(3)])
+
+
+def test_padnet_reads_the_fused_multiresolution_map():
+    """As the official PAD-Net on HRNet (HighResolutionFuse): all branches at the finest scale, concatenated,
+    then a 1x1 conv + BN + ReLU."""
+    model = build_study("padnet").eval()
+    assert model.initial.in_channels == model.backbone.fused_channels == 8 + 16 + 32 + 64
+    assert model.fusion[0].kernel_size == (1, 1) and model.fusion[0].out_channels == 120
+    with torch.no_grad():
+        images = torch.randn(1, 3, 64, 64)
+        features = model(images, return_features=True)["features"]
+        fused = model.backbone.fuse(model.backbone(images))
+        torch.testing.assert_close(features["shared"], model.fusion(fused))
+    assert features["shared"].shape == (1, 120, 32, 32)
+
+
+def test_fpm_normalises_over_the_official_channel_groups():
+    """Official FPM (models/mti_net.py): softmax over dim 2 of the logits viewed as (B, N·C/N, N, H, W), i.e.
+    over every N consecutive channels of the task-major concatenation. Hand-built: the features are their
+    own logits; N = 2 tasks of 4 channels give the groups (semseg 0, 1), (semseg 2, 3), (depth 0, 1), ..."""
+    fpm = FeaturePropagation(["semseg", "depth"], 4).eval()
+    fpm.mask_logits = nn.Identity()
+    semseg = torch.tensor([0.0, math.log(3), 1.0, 1.0]).view(1, 4, 1, 1)
+    depth = torch.tensor([5.0, 5.0, 0.0, math.log(4)]).view(1, 4, 1, 1)
+    _, masks = fpm({"semseg": semseg, "depth": depth})
+    torch.testing.assert_close(masks["semseg"].flatten(), torch.tensor([0.25, 0.75, 0.5, 0.5]))
+    torch.testing.assert_close(masks["depth"].flatten(), torch.tensor([0.5, 0.5, 0.2, 0.8]))
+
+
+def test_fpm_masks_match_the_official_formula():
+    torch.manual_seed(0)
+    n, c = len(DENSE), 8
+    fpm = FeaturePropagation(DENSE, c).eval()
+    features = {t: torch.randn(2, c, 5, 6) for t in DENSE}
+    with torch.no_grad():
+        _, masks = fpm(features)
+        concat = torch.cat([features[t] for t in DENSE], dim=1)
+        b, total, h, w = concat.shape
+        official = F.softmax(fpm.mask_logits(concat).view(b, total // n, n, h, w), dim=2)
+    torch.testing.assert_close(torch.cat([masks[t] for t in DENSE], dim=1), official.view(b, total, h, w))
+    torch.testing.assert_close(official.sum(dim=2), torch.ones(b, total // n, h, w))  # the task axis
+
+
+def test_mtinet_task_widths_set_every_scale():
+    widths = (4, 6, 8, 10)
+    model = build("mtinet", DENSE, task_widths=widths).eval()
+    backbone = (16, 32, 64, 128)
+    for s in range(4):  # scale s reads its backbone map + the propagated features of scale s + 1
+        assert model.initial[s].in_channels == backbone[s] + (widths[s + 1] if s < 3 else 0)
+    assert model.aggregation.heads["depth"].body[0].in_channels == sum(widths)
+    with torch.no_grad():
+        features = model(torch.randn(1, 3, 64, 64), return_features=True)["features"]
+    assert [features["scales"][s]["edge"].shape[1] for s in range(4)] == list(widths)
+    assert [m["edge"].shape[1] for m in features["fpm_masks"]] == list(widths[1:])
+    with pytest.raises(ValueError, match="task_widths"):
+        build("mtinet", DENSE, task_widths=(8, 8))
+
+
+def test_head_width_widens_the_baseline_heads():
+    default, wide = build("mtl_baseline", DENSE), build("mtl_baseline", DENSE, head_width=300)
+    assert default.heads["depth"].body[0].out_channels == 16 + 32 + 64 + 128  # HRNet's head: the fused width
+    assert wide.heads["depth"].body[0].out_channels == 300 and wide.heads["depth"].body[0].in_channels == 240
+    assert count(build("single_task", ["depth"], head_width=300)) > count(build("single_task", ["depth"]))
+    with pytest.raises(ValueError, match="head_width"):
+        build("mtl_baseline", DENSE, head_width=0)
+
+
+def test_head_width_for_matches_mtinets_parameter_count():
+    """The capacity control: a baseline as large as MTI-Net at the study settings, within 5 %."""
+    target = count(build_study("mtinet"))
+    config = experiments.base_config("quick", model="mtl_baseline", tasks=tuple(DENSE))
+    width = head_width_for(target, DENSE, backbone=config.backbone, backbone_options=config.backbone_options)
+    matched = build_study("mtl_baseline", head_width=width)
+    assert abs(count(matched) - target) / target < 0.05
+    assert width > matched.backbone.fused_channels  # wider than the default heads
+    with pytest.raises(ValueError, match="dense"):
+        head_width_for(target, ["scene"])
+
+
+@pytest.mark.parametrize("profile", list(experiments.STUDY))
+def test_study_settings_keep_the_papers_proportions(profile):
+    """MTI-Net's paper (HRNet-18, NYUD): MTI-Net 2.1x the MTL baseline's parameters and 1.3x its GMACs,
+    PAD-Net the most GMACs; a single-task network is the baseline with one head."""
+    size = experiments.study(profile)["size"]
+
+    def measure(name, task_names=DENSE):
+        total = model_summary(build_study(name, task_names, profile=profile), input_size=size).loc["total"]
+        return total["params"], total["gmacs"]
+
+    (base_params, base_gmacs), (mti_params, mti_gmacs) = measure("mtl_baseline"), measure("mtinet")
+    for task in DENSE:
+        assert 0.75 < measure("single_task", [task])[0] / base_params < 1.25, task
+    assert 1.5 <= mti_params / base_params <= 3
+    assert 1 < mti_gmacs / base_gmacs <= 2
+    assert measure("padnet")[1] > mti_gmacs

@@ -1,4 +1,5 @@
-"""Batch a list of sample dicts (see transforms.py for the sample convention)."""
+"""Batch a list of sample dicts (see transforms.py for the sample convention). transforms.BatchAugment
+augments such a batch as a whole, boxes and labels lists included."""
 
 from __future__ import annotations
 

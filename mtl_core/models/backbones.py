@@ -1,11 +1,15 @@
 """Backbones behind one multi-scale contract (like timm's `features_only`).
 
-`backbone(images)` returns a list of 4 feature maps; `backbone.channels` and `backbone.strides`
-describe them (strides 4, 8, 16, 32, or 4, 8, 16, 16 for a ResNet with a dilated last stage).
+`backbone(images)` returns a list of 4 feature maps, finest first; `backbone.channels` and
+`backbone.strides` describe them. `backbone.fuse(maps)` is HRNetV2's representation of them (every map
+upsampled to the finest and concatenated, `backbone.fused_channels` wide): what the MTL baseline's heads
+and PAD-Net read, as in MTI-Net's code (HRNet's fused output; 270 channels for HRNet-W18).
 
-- `cnn`: a small plain CNN built for the CPU at the synthetic benchmark's size (the default).
-  Its 32-256-channel 3x3 convolutions keep the matrix units busy, where HRNet's many 18-36-channel
-  branches are overhead-bound on a CPU (measured: ~2-4x faster per image at 64x64).
+- `hrnet`: a small in-house HRNet (hrnet.py): four parallel branches that exchange information after
+  every unit, so every map is an end-of-network feature. At the benchmark's 64x64 the pyramid starts at
+  stride 2 (`stem_stride=2`: maps 32, 16, 8 and 4 pixels wide); `stem_stride=4` is HRNet's 4 ... 32.
+- `cnn`: a small plain CNN (strides 4 ... 32): its finer maps are its shallower ones. The detectors'
+  backbone (ROCK reads one map, the last; `dilated=True` keeps it at 1/16).
 - `hrnet_w18_small_v2`: the MTI-Net paper's backbone, from timm (random init unless `checkpoint`).
 - `resnet18` / `resnet50`: torchvision; `dilated=True` keeps the last stage at stride 16 as ROCK does.
 """
@@ -17,13 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .heads import Backbone
+from .hrnet import HRNet
+
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(Backbone):
     """A stem to 1/4 followed by three stride-2 stages: maps at 1/4, 1/8, 1/16, 1/32.
 
     `dilated=True` keeps the last stage at 1/16 (stride 1, dilation 2), like ROCK's dilated ResNet:
@@ -57,7 +64,7 @@ class SimpleCNN(nn.Module):
         return features
 
 
-class TimmHRNet(nn.Module):
+class TimmHRNet(Backbone):
     """timm's HRNet with `features_only=True, feature_location=''`: its 4 branches (18/36/72/144 ch)."""
 
     def __init__(self, name: str = "hrnet_w18_small_v2", checkpoint: str | None = None):
@@ -76,7 +83,7 @@ class TimmHRNet(nn.Module):
         return list(self.body(x))
 
 
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(Backbone):
     """torchvision ResNet layers 1-4; `dilated=True` replaces the last stride by dilation (stride 16)."""
 
     def __init__(self, name: str = "resnet50", dilated: bool = False, checkpoint: str | None = None):
@@ -114,6 +121,7 @@ class TorchvisionResNet(nn.Module):
 
 
 BACKBONES = {
+    "hrnet": HRNet,
     "cnn": SimpleCNN,
     "hrnet_w18_small_v2": lambda **kw: TimmHRNet("hrnet_w18_small_v2", **kw),
     "resnet18": lambda **kw: TorchvisionResNet("resnet18", **kw),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,3 +73,25 @@ class SceneHead(nn.Module):
 
 def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def concat_scales(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """HRNetV2 representation: upsample every map to the first (finest) one's size and concatenate."""
+    size = maps[0].shape[-2:]
+    return torch.cat([maps[0]] + [upsample_to(m, size) for m in maps[1:]], dim=1)
+
+
+class Backbone(nn.Module):
+    """What every backbone shares (models/backbones.py): `channels` and `strides` of its 4 maps (set by
+    each backbone) and their fused map, HRNetV2's output that the MTL baseline and PAD-Net read."""
+
+    channels: list[int]
+    strides: list[int]
+
+    @property
+    def fused_channels(self) -> int:
+        return sum(self.channels)
+
+    def fuse(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """All maps upsampled (bilinear) to the finest and concatenated (`fused_channels` wide)."""
+        return concat_scales(maps)

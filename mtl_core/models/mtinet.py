@@ -1,11 +1,12 @@
 """MTI-Net (Vandenhende et al., ECCV 2020): multi-scale task interaction networks.
 
-Scale s = 0 (1/4) ... num_scales - 1 (1/32 with 4 scales), computed from the coarsest to the finest:
+Scale s = 0 (the backbone's finest map: 1/4 on HRNet-W18, 1/2 on the small `hrnet` at 64x64) ...
+num_scales - 1 (the coarsest), computed from the coarsest to the finest:
 
     backbone map s (+ FPM output of scale s+1, per task) --> InitialTaskPrediction  (deep supervision)
         task features --> MultiModalDistillation at scale s --> distilled features of scale s
         task features --> FeaturePropagation (s > 0)         --> input of scale s-1
-    FeatureAggregation: distilled features of all scales --> upsample to 1/4, concat --> per task head
+    FeatureAggregation: distilled features of all scales --> upsample to scale 0, concat --> task head
 
 Paper sections: "multi-scale multi-modal distillation", "feature propagation module" (FPM) and
 "feature aggregation". Layer widths follow the official implementation
@@ -20,8 +21,8 @@ import torch
 from torch import nn
 
 from ..tasks import TaskSpec
-from .baselines import concat_scales, require_task_kinds
-from .heads import BasicBlock, DenseHead, SqueezeExcitation, upsample_to
+from .baselines import require_task_kinds
+from .heads import BasicBlock, DenseHead, SqueezeExcitation, concat_scales, upsample_to
 from .padnet import InitialTaskPrediction, MultiModalDistillation
 from .registry import check_input, register_model
 
@@ -29,16 +30,18 @@ from .registry import check_input, register_model
 class FeaturePropagation(nn.Module):
     """FPM: pass the task features of a coarser scale on to the next finer scale.
 
-    concat the N task features (N·C) -> two BasicBlocks to N·C/4 -> 1x1 conv to N·C -> softmax over the
-    task axis = one mask per task -> masked features, concatenated -> BasicBlock to C -> per task
+    concat the N task features (task-major, N·C channels) -> two BasicBlocks to N·C/4 -> 1x1 conv to
+    N·C mask logits -> softmax -> masked concatenation -> BasicBlock to C -> per task
     squeeze-and-excitation + the task's own features (residual).
 
-    The masks are a softmax over the tasks at every (channel, pixel): mask[t] says how much of task t's
-    channel enters the shared map. (The official code reshapes the concatenation as (B, C, N, H, W), which
-    mixes channels of different tasks into one "task" slot; we use the task-major layout of the concat.
-    Same layers and parameter count.)
+    The softmax is the official code's (`models/mti_net.py`, FPM.forward): the logits are viewed as
+    (B, C, N, H, W) and normalised over the axis of size N, i.e. over every group of N consecutive
+    channels of the concatenation. When N divides C each group lies inside one task's channels, so the
+    mask decides which of a task's channels enter the shared map, at every pixel; with the layout above
+    the masks of a group sum to 1.
 
-    `forward({task: F})` returns ({task: propagated features}, {task: mask (B, C, H, W)}).
+    `forward({task: F})` returns ({task: propagated features}, {task: mask (B, C, H, W)}): a task's mask
+    is its block of channels of the mask over the concatenation.
     """
 
     def __init__(self, tasks: Sequence[str], channels: int):
@@ -52,12 +55,13 @@ class FeaturePropagation(nn.Module):
         self.excitation = nn.ModuleDict({t: SqueezeExcitation(channels) for t in self.tasks})
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        stacked = torch.stack([features[t] for t in self.tasks], dim=1)  # (B, N, C, H, W)
-        logits = self.mask_logits(stacked.flatten(1, 2)).unflatten(1, stacked.shape[1:3])
-        masks = logits.softmax(dim=1)  # over the task axis
-        shared = self.reduce((masks * stacked).flatten(1, 2))
+        concat = torch.cat([features[t] for t in self.tasks], dim=1)  # (B, N·C, H, W), task-major
+        n = len(self.tasks)
+        logits = self.mask_logits(concat)
+        masks = logits.unflatten(1, (-1, n)).softmax(dim=2).flatten(1, 2)  # over N consecutive channels
+        shared = self.reduce(masks * concat)
         out = {t: self.excitation[t](shared) + features[t] for t in self.tasks}
-        return out, {t: masks[:, i] for i, t in enumerate(self.tasks)}
+        return out, dict(zip(self.tasks, masks.chunk(n, dim=1), strict=True))
 
 
 class FeatureAggregation(nn.Module):
@@ -78,14 +82,19 @@ class MTINet(nn.Module):
     """MTI-Net with switches for the paper's ablations.
 
     Options (keyword arguments of `build_model("mtinet", ...)`):
-    - `num_scales` (1-4, default 4): scales are counted from the finest: 2 = 1/4 and 1/8 (the paper's
-      "2 scales"), 4 = 1/4 ... 1/32. The coarsest scale used starts from the backbone map alone; the
-      backbone's coarser maps are ignored.
+    - `num_scales` (1-4, default 4): scales are counted from the finest: 2 = the two finest (1/4 and
+      1/8 on HRNet-W18, the paper's "2 scales"), 4 = all. The coarsest scale used starts from the
+      backbone map alone; the backbone's coarser maps are ignored.
+    - `task_widths` (default: the backbone's channels, as the official code): the task-feature width of
+      every backbone scale, finest first. The initial predictions, FPM, distillation and aggregation of
+      scale s work at `task_widths[s]`; scale s reads its backbone map plus the propagated features of
+      scale s + 1. On a small backbone narrower coarse scales keep MTI-Net's size relative to the
+      baseline close to the paper's (experiments.STUDY).
     - `deep_supervision` (default True): initial predictions at every scale, returned in out["deep"].
       False builds no prediction convs and leaves out["deep"] empty.
     - `distillation` (default True): False passes the task features on undistilled (no distillation layers).
     - `fpm` (default True): False removes the FPMs; every scale starts from its backbone map alone.
-    - `aggregation` (default True): False predicts from the 1/4-scale distilled features only, with the
+    - `aggregation` (default True): False predicts from the finest scale's distilled features only, with the
       same head type. The coarser scales then have no distillation (their distilled features would be
       unused: the FPMs propagate the features before distillation) and "scales"/"attention" below
       have one entry.
@@ -96,28 +105,29 @@ class MTINet(nn.Module):
 
     Output: out[task] for the main tasks; out["deep"] = [{task: prediction} per scale, finest first]
     (all tasks, at the scale's resolution). `return_features=True` adds out["features"]:
-    - "strides": the backbone stride of each scale, finest first, e.g. [4, 8, 16, 32]
+    - "strides": the backbone stride of each scale, finest first, e.g. [4, 8, 16, 32] (HRNet-W18)
     - "initial": [{task: initial task features (B, C_s, H_s, W_s)} per scale], all tasks
     - "scales": [{main task: distilled features (B, C_s, H_s, W_s)} per scale]
     - "attention": [{target: {source: gate (B, C_s, H_s, W_s) in [0, 1]}} per scale] ({} without distillation)
     - "fpm_masks": [{task: mask (B, C_s, H_s, W_s)} per FPM]; entry j is the FPM at scale j+1, which
-      feeds scale j; the masks sum to 1 over the tasks. Empty without FPM.
+      feeds scale j; the mask over the concatenation sums to 1 in every group of N consecutive
+      channels (see FeaturePropagation). Empty without FPM.
 
     Differences from the official code (HRNet-18, NYUD: 8.62M params / 17.2 GMACs here, 8.58M / 17.1
     there): the first block of every task branch projects its shortcut, also at the coarsest scale where
     the official code uses an identity (+42K parameters; keeps the parameter names independent of the
-    `fpm` switch); the FPM masks use the task-major channel layout (see FeaturePropagation); the heads'
-    first 1x1 conv has no bias (a BN follows it).
+    `fpm` switch); the heads' first 1x1 conv has no bias (a BN follows it).
     """
 
     def __init__(self, tasks: dict[str, TaskSpec], backbone: nn.Module, num_scales: int = 4,
                  deep_supervision: bool = True, distillation: bool = True, fpm: bool = True,
-                 aggregation: bool = True, auxiliary_tasks: Sequence[str] = ()):
+                 aggregation: bool = True, auxiliary_tasks: Sequence[str] = (),
+                 task_widths: Sequence[int] | None = None):
         super().__init__()
         require_task_kinds(tasks, ("dense",), "mtinet")
         if not 1 <= num_scales <= len(backbone.channels):
             raise ValueError(f"num_scales={num_scales}: choose 1 to {len(backbone.channels)} "
-                             "(counted from the finest scale, 1/4)")
+                             "(counted from the finest scale)")
         auxiliary_tasks = [auxiliary_tasks] if isinstance(auxiliary_tasks, str) else list(auxiliary_tasks)
         unknown = [t for t in auxiliary_tasks if t not in tasks]
         if unknown:
@@ -130,11 +140,17 @@ class MTINet(nn.Module):
                              "scales: they need deep_supervision=True")
         self.tasks, self.num_scales = list(tasks), num_scales
         self.deep_supervision, self.use_distillation, self.use_fpm = deep_supervision, distillation, fpm
-        channels = list(backbone.channels[:num_scales])
+        task_widths = list(backbone.channels if task_widths is None else task_widths)
+        if len(task_widths) != len(backbone.channels) or min(task_widths) < 1:
+            raise ValueError(f"task_widths={task_widths}: give one positive width per backbone scale "
+                             f"({len(backbone.channels)}), finest first")
+        channels = task_widths[:num_scales]  # task-feature width of every scale used
         coarsest = num_scales - 1
 
         self.backbone = backbone
-        inputs = [c + (channels[s + 1] if fpm and s < coarsest else 0) for s, c in enumerate(channels)]
+        # scale s reads its backbone map and, with the FPM, the task features of scale s + 1
+        inputs = [c + (channels[s + 1] if fpm and s < coarsest else 0)
+                  for s, c in enumerate(backbone.channels[:num_scales])]
         self.initial = nn.ModuleList([InitialTaskPrediction(tasks, cin, c, predict=deep_supervision)
                                       for cin, c in zip(inputs, channels, strict=True)])
         self.fpm = nn.ModuleList([FeaturePropagation(self.tasks, c) for c in channels[1:]] if fpm else [])

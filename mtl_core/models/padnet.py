@@ -1,6 +1,9 @@
-"""PAD-Net (Xu et al., CVPR 2018) as MTI-Net compares against it: multi-modal distillation once, at 1/4.
+"""PAD-Net (Xu et al., CVPR 2018) as MTI-Net compares against it: multi-modal distillation once, at the
+finest scale (1/4 on HRNet-W18).
 
-    backbone --> 4 maps --> upsample to 1/4 + concat (as the baseline)
+    backbone --> fused map (Backbone.fuse: all maps upsampled to the finest + concat, as the baseline)
+             --> 1x1 conv + BN + ReLU at the fused width (with the concat, the official code's
+                 HighResolutionFuse in `models/seg_hrnet.py`: what its PAD-Net on HRNet reads)
              --> InitialTaskPrediction: per task 2 BasicBlocks to `width` + 1x1 conv  (deep supervision)
              --> MultiModalDistillation: every task receives gated messages from the others
              --> per task DenseHead --> upsample to input
@@ -16,7 +19,7 @@ import torch
 from torch import nn
 
 from ..tasks import TaskSpec
-from .baselines import concat_scales, require_task_kinds
+from .baselines import require_task_kinds
 from .heads import BasicBlock, DenseHead, upsample_to
 from .registry import check_input, register_model
 
@@ -89,30 +92,33 @@ class MultiModalDistillation(nn.Module):
 
 
 class PADNet(nn.Module):
-    """PAD-Net: initial task predictions, one multi-modal distillation at 1/4, per-task heads.
+    """PAD-Net: initial task predictions, one multi-modal distillation at the finest scale, per-task heads.
 
-    `width` (default 160) is the task-feature width at 1/4. The official code builds its initial and final
-    heads from 256-wide bottleneck blocks (64-wide 3x3 convolutions); here the task branches are
-    MTI-Net's 3x3 BasicBlocks, and width 160 makes parameters and MACs close to the official PAD-Net's
-    on NYUD with HRNet-18 (ours 7.10M / 71.8 GMACs, official 7.02M / 70.3 at 480x640). Everything
-    after the backbone runs at 1/4 resolution, hence the cost: the distillation alone has T(T-1) pairs
+    `width` (default 156) is the task-feature width at that scale. The official code builds its initial
+    and final heads from 256-wide bottleneck blocks (64-wide 3x3 convolutions); here the task branches are
+    MTI-Net's 3x3 BasicBlocks, and width 156 makes parameters and MACs close to the official PAD-Net's
+    on NYUD with HRNet-18 (ours 7.03M / 70.6 GMACs, official 7.02M / 70.3 at 480x640). Everything
+    after the backbone runs at the finest scale, hence the cost: the distillation alone has T(T-1) pairs
     of 3x3 convolutions at that width.
 
-    `return_features=True` adds out["features"] = {"shared": concatenated 1/4 map,
+    `return_features=True` adds out["features"] = {"shared": the fused map after the 1x1 conv,
     "initial": {task: features}, "distilled": {task: features}, "attention": {target: {source: map}}}.
     """
 
-    def __init__(self, tasks: dict[str, TaskSpec], backbone: nn.Module, width: int = 160):
+    def __init__(self, tasks: dict[str, TaskSpec], backbone: nn.Module, width: int = 156):
         super().__init__()
         require_task_kinds(tasks, ("dense",), "padnet")
         self.backbone = backbone
-        self.initial = InitialTaskPrediction(tasks, sum(backbone.channels), width)
+        fused = backbone.fused_channels
+        self.fusion = nn.Sequential(nn.Conv2d(fused, fused, 1, bias=False), nn.BatchNorm2d(fused),
+                                    nn.ReLU(inplace=True))
+        self.initial = InitialTaskPrediction(tasks, fused, width)
         self.distillation = MultiModalDistillation(list(tasks), width)
         self.heads = nn.ModuleDict({name: DenseHead(width, spec.channels) for name, spec in tasks.items()})
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> dict:
         check_input(images)
-        shared = concat_scales(self.backbone(images))
+        shared = self.fusion(self.backbone.fuse(self.backbone(images)))
         initial, predictions = self.initial(shared)
         distilled, attention = self.distillation(initial)
         out = {name: upsample_to(head(distilled[name]), images.shape[-2:])
