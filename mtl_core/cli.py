@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Execute the notebooks in dependency order into outputs/<profile>/ "
                                        "(executed notebooks, figures, report.md). Stored runs are reused.")
     suite.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                       help="ci (seconds), quick (~10 min), full (3 seeds, all variants)")
+                       help="ci (seconds), quick (under an hour: one seed of the core comparisons), "
+                            "full (3 seeds, all variants)")
     suite.add_argument("--jobs", type=int, default=2,
                        help="notebooks executed in parallel, each with its share of the cores (default 2)")
     suite.add_argument("--only", nargs="+", default=None,
