@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# the synthetic benchmark's own weights (chosen by benchmarks/task_weights.py), defined once in the package
+from mtl_core.data.synthetic import LOSS_WEIGHTS as CHOSEN_WEIGHTS
+
 TASKS = ("semseg", "depth", "normals", "edge")
-# chosen by benchmarks/task_weights.py (default settings); see its output for how clearly
-CHOSEN_WEIGHTS = {"semseg": 1.0, "depth": 1.0, "normals": 3.0, "edge": 50.0}
 MODELS = {"single-task": "single_task", "MTL baseline": "mtl_baseline", "MTI-Net": "mtinet"}
 
 

@@ -107,21 +107,12 @@ def run_all(configs: list, args) -> list[dict]:
     return out
 
 
-def unflatten(metrics: dict) -> dict:
-    """{"task/metric": v} -> {task: {metric: v}} (the loss entries dropped)."""
-    out = {}
-    for key, value in metrics.items():
-        task, _, name = key.partition("/")
-        if name and task in TASKS:
-            out.setdefault(task, {})[name] = value
-    return out
-
-
 def score(metrics: dict, reference: dict, specs: dict, primary: dict) -> dict:
     """Δm (%) over all tasks and each task's Δ (%) of its primary metric, vs the single-task reference."""
+    from mtl_core.experiments import _unflatten
     from mtl_core.metrics import delta_m
 
-    values = unflatten(metrics)
+    values = _unflatten(metrics)
     row = {"delta_m": delta_m(values, reference, specs, primary)}
     for t in specs:  # the same formula restricted to one task: its relative change
         row[f"Δ {t}"] = delta_m(values, {t: reference[t]}, {t: specs[t]}, {t: primary[t]})
@@ -174,7 +165,8 @@ def main() -> None:
     # the longest runs first, so that the two workers finish close together
     results = run_all([mtl(n, e, args.seed) for n, e in grid] + singles, args)
     single_results = results[len(grid):]
-    reference = {split: {t: unflatten(r[split])[t] for t, r in zip(TASKS, single_results, strict=True)}
+    reference = {split: {t: experiments._unflatten(r[split])[t]
+                         for t, r in zip(TASKS, single_results, strict=True)}
                  for split in ("tune", "val")}
 
     rows = []
@@ -188,7 +180,7 @@ def main() -> None:
                 row.update(score(r[split], reference[split], specs, primary))
             else:
                 task = c["tasks"][0]
-                row[f"{task}/{primary[task][0]}"] = unflatten(r[split])[task][primary[task][0]]
+                row[f"{task}/{primary[task][0]}"] = experiments._unflatten(r[split])[task][primary[task][0]]
             rows.append(row)
     table = pd.DataFrame(rows)
 
