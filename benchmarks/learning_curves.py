@@ -1,16 +1,19 @@
 """Learning curves on the synthetic benchmark: each task's validation primary metric after every epoch, for
 the four single-task networks, the MTL baseline and MTI-Net, and when each curve has converged.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning_curves.py [--epochs 16] [--seeds 0 1]
-        [--loss-weights '{"semseg": 1, "depth": 1, "normals": 3, "edge": 50}'] [--jobs 2] [--tol 0.02]
-        [--runs /tmp/mtl_bench_runs] [--out /tmp/mtl_bench/learning_curves.csv]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning_curves.py [--epochs 24] [--seeds 0 1]
+        [--eval-every N] [--loss-weights '{"semseg": 1, "depth": 1, "normals": 3, "edge": 50}']
+        [--jobs 2] [--tol 0.02] [--runs DIR] [--out /tmp/mtl_bench/learning_curves.csv]
 
 What it trains: every model on the `full` study settings (experiments.base_config: hrnet backbone, 1000
 64x64 training images, batch 16 -> 62 steps per epoch, the last partial batch dropped; lr 2e-3, cosine
-schedule over the whole run), one long run per model and seed with the validation metrics computed
-after every epoch (eval_every=1, on the notebooks' 300 validation images). Every model gets the loss
-weights `--loss-weights` (default: the ones benchmarks/task_weights.py chose); a single-task network
-gets its own task's weight. Note that the cosine schedule spans `--epochs`: epoch 8 of a 16-epoch run
+schedule over the whole run), one run per model and seed with the validation metrics computed as the
+study schedules them (every eighth of the run, on the notebooks' 300 validation images) unless
+`--eval-every` is given. With the default weights and evaluation, a run here *is* the study's run (same
+config, same hash): `--runs` pointing at the project's run store (the default, as the notebooks use)
+lets the notebooks reuse it. Every model gets the loss weights `--loss-weights` (default: the
+benchmark's own, chosen by benchmarks/task_weights.py); a single-task network gets its own task's
+weight. Note that the cosine schedule spans `--epochs`: epoch 8 of a 16-epoch run
 is not an 8-epoch run (its learning rate has not decayed yet).
 
 How to read the output:
@@ -73,14 +76,16 @@ def first_stable_epoch(values: pd.Series, tol: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=16, help="epochs of every run (default 16)")
+    parser.add_argument("--epochs", type=int, default=24, help="epochs of every run (default 24)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="validate every N epochs (default: the study's, every eighth of the run)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--loss-weights", type=json.loads, default=CHOSEN_WEIGHTS,
                         help=f"JSON {{task: weight}} (default {json.dumps(CHOSEN_WEIGHTS)})")
     parser.add_argument("--tol", type=float, default=0.02, help="relative convergence band (default 0.02)")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained in parallel")
-    parser.add_argument("--runs", default=os.environ.get("MTL_CORE_RUNS", "/tmp/mtl_bench_runs"),
-                        help="run store (default $MTL_CORE_RUNS, else /tmp/mtl_bench_runs)")
+    parser.add_argument("--runs", default=None,
+                        help="run store (default: the notebooks', $MTL_CORE_RUNS or the project's runs/)")
     parser.add_argument("--out", default="/tmp/mtl_bench/learning_curves.csv", help="CSV of the curves")
     args = parser.parse_args()
 
@@ -93,9 +98,13 @@ def main() -> None:
     weights = {t: float(args.loss_weights[t]) for t in TASKS}
 
     def config(label: str, tasks: tuple, seed: int):
-        # the weights are explicit in every config (and so in its run-store hash)
+        # the benchmark's own weights and the study's evaluation leave the config as the study builds it;
+        # anything else is explicit in the config (and so in its run-store hash)
+        fields = {} if weights == CHOSEN_WEIGHTS else {"loss_weights": {t: weights[t] for t in tasks}}
+        if args.eval_every is not None:
+            fields["eval_every"] = args.eval_every
         return experiments.base_config("full", model=MODELS[label], tasks=tasks, epochs=args.epochs,
-                                       seed=seed, eval_every=1, loss_weights={t: weights[t] for t in tasks})
+                                       seed=seed, **fields)
 
     # the longest runs first, so that the workers finish close together
     jobs = [("MTI-Net", TASKS, s) for s in args.seeds] + [("MTL baseline", TASKS, s) for s in args.seeds]
@@ -124,13 +133,16 @@ def main() -> None:
                 rows.append({"model": label, "task": t, "metric": primary[t], "seed": seed,
                              "epoch": int(record["epoch"]), "step": int(record["epoch"]) * steps_per_epoch,
                              "value": record[f"{t}/{primary[t]}"]})
-    curves = pd.DataFrame(rows)
+    # epochs without a validation (the study validates every eighth of the run) carry no point
+    curves = pd.DataFrame(rows).dropna(subset=["value"])
+    evaluated = sorted(curves.epoch.unique())
     order = list(MODELS)
     mean = curves.groupby(["model", "task", "epoch"])["value"].mean().unstack("epoch")
     mean = mean.reindex([(m, t) for m in order for t in TASKS])
 
     # convergence: on the seed-mean curve, per seed, and the last-quarter check of each run
-    quarter = round(0.75 * args.epochs)
+    # the latest validation at or before 3/4 of the run, as experiments.convergence reads it
+    quarter = max(e for e in evaluated if e <= round(0.75 * args.epochs))
     summary = []
     for (label, task), row in mean.iterrows():
         entry = {"model": label, "task": task, "metric": primary[task], "final (mean)": row.iloc[-1],
@@ -151,7 +163,7 @@ def main() -> None:
     reference = curves[curves.model == "single-task"].groupby(["task", "epoch"])["value"].mean()
     dm_rows = []
     for label in ("MTL baseline", "MTI-Net"):
-        for epoch in range(1, args.epochs + 1):
+        for epoch in evaluated:
             per_seed = {}
             for seed in args.seeds:
                 got = curves[(curves.model == label) & (curves.seed == seed) & (curves.epoch == epoch)]

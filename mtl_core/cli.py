@@ -3,7 +3,8 @@
     data     generate / verify the synthetic benchmark of a profile
     train    train one config (or return its stored result); works under `torchrun --nproc_per_node N`
     results  a table of the stored runs
-    suite    execute the notebook suite through papermill into outputs/<profile>/
+    suite    train the runs the notebooks declare, then execute them through papermill into outputs/<profile>/
+    plan     the runs the suite would train (per notebook, stored or not, estimated time), without training
     notebook execute one notebook with parameters (only those it declares)
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import typing
@@ -155,22 +157,51 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suite(args: argparse.Namespace) -> int:
-    from .suite import run_suite
-
+def _suite_parameters(args: argparse.Namespace) -> dict:
     parameters = {"dataset": args.dataset}
     if args.data_dir:
         parameters["data_dir"] = args.data_dir
+    return parameters
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from .suite import run_suite
+
     try:
         report = run_suite(args.profile, jobs=args.jobs, output_root=args.output, only=args.only,
-                           parameters=parameters)
+                           parameters=_suite_parameters(args), threads=args.threads)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = [r.name for r in report.results if r.status != "passed"]
     print(f"report: {report.path}")
+    if report.failed_runs:
+        print("runs that failed to train:\n" + "\n".join(f"  {failure}" for failure in report.failed_runs))
     print("all notebooks passed" if not failed else f"not passed: {failed}")
     return 0 if not failed else 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .suite import DEPENDS, NOTEBOOKS, default_jobs, plan_runs, plan_table, pool_seconds
+
+    selected = list(args.only or NOTEBOOKS)
+    unknown = [n for n in selected if n not in DEPENDS]
+    if unknown:
+        print(f"error: only: unknown notebook(s) {unknown}; choose from {NOTEBOOKS}", file=sys.stderr)
+        return 2
+    planned, problems = plan_runs(args.profile, selected, _suite_parameters(args))
+    print(plan_table(planned))
+    todo = [r for r in planned if not r.complete]
+    jobs = args.jobs or default_jobs()
+    declared = sum(len(r.needed_by) for r in planned)
+    one_thread, pool = sum(r.seconds for r in todo) / 60, pool_seconds(todo, jobs) / 60
+    print(f"\nprofile {args.profile!r}: {declared} run(s) declared by {len(selected)} notebook(s), "
+          f"{len(planned)} distinct; {len(planned) - len(todo)} stored, {len(todo)} to train: estimated "
+          f"{one_thread:.0f} min on one thread, ~{pool:.0f} min in {jobs} process(es) (suite --jobs {jobs}) "
+          "if each keeps its one-thread speed")
+    for name, problem in problems.items():
+        print(f"{name}: its runs could not be planned: {problem}", file=sys.stderr)
+    return 0
 
 
 def _parameter_value(text: str):
@@ -252,21 +283,36 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--all", action="store_true", help="include incomplete runs")
     results.set_defaults(func=_results)
 
-    suite = sub.add_parser("suite", help="execute the notebook suite through papermill",
-                           description="Execute the notebooks in dependency order into outputs/<profile>/ "
-                                       "(executed notebooks, figures, report.md). Stored runs are reused.")
-    suite.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                       help="ci (seconds), quick (under an hour: one seed of the core comparisons), "
-                            "full (3 seeds, all variants)")
-    suite.add_argument("--jobs", type=int, default=2,
-                       help="notebooks executed in parallel, each with its share of the cores (default 2)")
-    suite.add_argument("--only", nargs="+", default=None,
-                       help="run only these notebooks (names without .ipynb)")
+    cores = os.cpu_count() or 1
+    suite = sub.add_parser(
+        "suite", help="train the notebooks' runs, then execute the notebooks through papermill",
+        description="Train every run the selected notebooks declare (mtl_core/experiments.py), deduplicated "
+                    "and without those already stored, in a pool of processes, longest first; then execute "
+                    "the notebooks in dependency order into outputs/<profile>/ (executed notebooks, "
+                    "figures, report.md), on the stored runs. `plan` lists the runs without training.")
+    plan = sub.add_parser(
+        "plan", help="list the runs the suite would train, without training",
+        description="The runs the selected notebooks declare: notebook, label, model, seed, run directory, "
+                    "whether it is stored, and its estimated training time on one thread.")
+    for command in (suite, plan):
+        command.add_argument("--profile", default="quick", choices=sorted(PROFILES),
+                             help="ci (seconds), quick (one seed of the core comparisons), "
+                                  "full (3 seeds, all variants)")
+        uses = ("training processes, and notebooks executed at once afterwards" if command is suite
+                else "training processes the wall-time estimate assumes")
+        command.add_argument("--jobs", type=int, default=None,
+                             help=f"{uses} (default: one per core, {cores} here)")
+        command.add_argument("--only", nargs="+", default=None,
+                             help="only these notebooks (names without .ipynb)")
+        command.add_argument("--dataset", default="synthetic",
+                             help="synthetic, nyud_mt, nyuv2_mat, nyuv2_mtan or pascal_mt")
+        command.add_argument("--data-dir", default=None, help="the dataset's folder (real datasets)")
+    suite.add_argument("--threads", type=int, default=None,
+                       help="torch threads of each training process and notebook (default: the cores "
+                            "divided by --jobs)")
     suite.add_argument("--output", default=None, help="output folder (default outputs/<profile>)")
-    suite.add_argument("--dataset", default="synthetic",
-                       help="synthetic, nyud_mt, nyuv2_mat, nyuv2_mtan or pascal_mt")
-    suite.add_argument("--data-dir", default=None, help="the dataset's folder (real datasets)")
     suite.set_defaults(func=_suite)
+    plan.set_defaults(func=_plan)
 
     notebook = sub.add_parser(
         "notebook", help="execute one notebook with parameters",

@@ -1,6 +1,7 @@
 """The detection side of the suite (notebook 04, ROCK): tables, figures and checks for detectors.
 
-    coverage = prior_coverage(gt_boxes(val_set), (64, 64), strides=(32, 16))  # can SSD's priors fit?
+    box_statistics(gt_boxes(val_set), (128, 128))    # object sizes and aspect ratios
+    coverage = prior_coverage(gt_boxes(val_set), (128, 128), models={"SSD": ssd})  # can its priors fit?
     table = map_table(results)                      # mAP@0.5 / mAP@[.5:.95], mean and std over seeds
     map_bars(table, "SSD vs ROCK", save_to=...)     # error bars only when seeds were repeated
     per_class = per_class_ap({"SSD": ssd_runs, "ROCK": rock_runs})
@@ -33,7 +34,7 @@ from . import significance
 from .data import collate_batch
 from .experiments import metrics_table
 from .metrics import DetectionMeter
-from .models.detection import PriorBoxes, postprocess
+from .models.detection import ROCK_EXTRA_LAYERS, SSDHead, feature_sizes, postprocess
 from .plots import draw_boxes, save_figure
 from .runs import RunResult
 from .train import autocast_dtype, make_dataset
@@ -47,16 +48,10 @@ MAP_NAMES = {"detection/map50": "mAP@0.5", "detection/map": "mAP@[.5:.95]"}
 
 
 def ssd_feature_sizes(image_size: tuple[int, int], stride: int,
-                      extra_layers: int = 3) -> list[tuple[int, int]]:
-    """The maps an SSDHead predicts from for a base map of `stride`: the base map, then each extra
-    layer's stride-2 3x3 convolution (padding 1: ceil(n / 2)) until a 1x1 map or no layer is left."""
-    h, w = math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
-    sizes = [(h, w)]
-    for _ in range(extra_layers):
-        if sizes[-1] == (1, 1):
-            break
-        sizes.append((math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)))
-    return sizes
+                      extra_layers: int = ROCK_EXTRA_LAYERS) -> list[tuple[int, int]]:
+    """The maps an SSDHead predicts from for a base map of `stride` (the head's own rule,
+    `detection.feature_sizes`): the base map, then halved by each extra layer until 1x1."""
+    return feature_sizes((math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)), extra_layers)
 
 
 def gt_boxes(dataset, max_samples: int | None = None) -> torch.Tensor:
@@ -68,9 +63,35 @@ def gt_boxes(dataset, max_samples: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(boxes)) if boxes else torch.zeros(0, 4)
 
 
+def box_statistics(boxes: torch.Tensor, image_size: tuple[int, int],
+                   quantiles: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)) -> pd.DataFrame:
+    """Quantiles of the objects' size sqrt(w h) in pixels and as a fraction of the image's shorter side
+    (the unit of the prior scales), and of their aspect ratio w / h: what the priors must fit."""
+    boxes = boxes.float().reshape(-1, 4)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    size = (w * h).sqrt()
+    columns = {"size (px)": size, "size / shorter side": size / min(image_size), "aspect ratio w/h": w / h}
+    values = {name: np.quantile(v.numpy(), quantiles) if len(v) else np.full(len(quantiles), np.nan)
+              for name, v in columns.items()}
+    return pd.DataFrame(values, index=[f"{q:.0%}" for q in quantiles])
+
+
+def detector_priors(model, image_size: tuple[int, int]) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The map sizes and the (P, 4) priors a built detector (ssd / flat_mtl / rock) uses on images of
+    `image_size`: its head's default boxes for its backbone's base-map stride."""
+    stride = model.backbone.strides[-1]
+    base = (math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride))
+    return model.ssd.default_boxes(base, image_size)
+
+
 def prior_coverage(boxes: torch.Tensor, image_size: tuple[int, int], strides: Sequence[int] = (32, 16),
-                   iou: float = 0.5, extra_layers: int = 3, **prior_options) -> pd.DataFrame:
-    """How well SSD's default boxes can match the objects, before any training, per base-map stride.
+                   iou: float = 0.5, models: Mapping[str, torch.nn.Module] | None = None,
+                   **head_options) -> pd.DataFrame:
+    """How well SSD's default boxes can match the objects, before any training.
+
+    The priors are those of the models themselves: with `models` ({label: built detector}) one row per
+    model (`detector_priors`); otherwise one row per base-map stride in `strides`, with the priors of an
+    SSDHead built with `head_options` (its defaults: what every detector builds unless told otherwise).
 
     A prior whose IoU with an object reaches `iou` is a positive the classifier can learn from
     (detection.match); below it the object only gets its single best prior, forced, and the box
@@ -79,10 +100,14 @@ def prior_coverage(boxes: torch.Tensor, image_size: tuple[int, int], strides: Se
     mean number of such priors per object."""
     h, w = image_size
     normalised = boxes.float().reshape(-1, 4) / torch.tensor([w, h, w, h], dtype=torch.float32)
+    if models is not None:
+        sources = {label: detector_priors(model, image_size) for label, model in models.items()}
+    else:
+        head = SSDHead(1, 1, **head_options)
+        sources = {f"1/{s}": head.default_boxes((math.ceil(h / s), math.ceil(w / s)), image_size)
+                   for s in strides}
     rows = {}
-    for stride in strides:
-        sizes = ssd_feature_sizes(image_size, stride, extra_layers)
-        priors = PriorBoxes(**prior_options)(sizes, image_size)
+    for label, (sizes, priors) in sources.items():
         overlap = box_iou(normalised, box_convert(priors, "cxcywh", "xyxy"))  # (objects, priors)
         if len(normalised):
             best = overlap.max(dim=1).values
@@ -90,9 +115,9 @@ def prior_coverage(boxes: torch.Tensor, image_size: tuple[int, int], strides: Se
                      float((overlap >= iou).sum(1).float().mean()))
         else:  # no object: nothing to cover
             stats = (math.nan,) * 3
-        rows[f"1/{stride}"] = {"SSD maps": " → ".join(f"{a}×{b}" for a, b in sizes), "priors": len(priors),
-                               "median best IoU": stats[0], f"objects with a prior ≥ {iou:g}": stats[1],
-                               f"priors ≥ {iou:g} per object": stats[2]}
+        rows[label] = {"SSD maps": " → ".join(f"{a}×{b}" for a, b in sizes), "priors": len(priors),
+                       "median best IoU": stats[0], f"objects with a prior ≥ {iou:g}": stats[1],
+                       f"priors ≥ {iou:g} per object": stats[2]}
     return pd.DataFrame(rows).T
 
 

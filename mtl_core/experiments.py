@@ -8,7 +8,9 @@ run over seeds, and how their results become the papers' tables (metrics, Δm, p
     delta_m_table(results, singles, ("semseg", "depth"))
 
 Every run goes through the run store (`runs.train_or_load`): the notebooks that need the same
-config (e.g. the single-task networks of 02 and 03) train it once and read it afterwards.
+config (e.g. the single-task networks of 02 and 03) train it once and read it afterwards. What each
+study notebook trains is declared here (`planned_runs`, from the variants the notebooks read); the
+suite trains those runs in a pool of processes before it executes the notebooks (suite.run_suite).
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ from .train import TrainConfig, eval_protocol, validate
 # 16 channels wide at most (the official code uses the backbone's widths, 8 ... 64 here: on this
 # shallow backbone that would be ~11x the baseline's parameters) and PAD-Net's are 16 wide, at the
 # finest scale.
-# Schedules: `quick` and `full` train the same 12 epochs of 1000 images (744 steps, cosine schedule);
+# Schedules: `quick` and `full` train the same 24 epochs of 1000 images (1488 steps, cosine schedule);
 # `quick` drops variants and seeds, never steps (one seed, the core comparison), `full` adds every
-# variant and 3 seeds. benchmarks/learning_curves.py (2 seeds) measured that at 12 epochs edge has
-# converged (< 2 % change over the last quarter) but semseg, depth and normals still move 3-14 % (MTI-Net
-# more on one seed), mostly because they keep improving while the cosine schedule decays: longer
-# schedules are needed for converged numbers (`overrides`). Every run validates at each quarter of its
+# variant and 3 seeds. benchmarks/learning_curves.py (2 seeds) measured 12 epochs far from converged
+# (semseg, depth, normals still moving 3-14 % over the last quarter, MTI-Net more); 24 epochs gain
+# 10-15 mIoU points over 12 and move much less, but still more than 2 % on some tasks (see README):
+# longer schedules (`overrides`) give more converged numbers. Every run validates at each eighth of its
 # schedule, and `convergence` shows in each study what still moved over the last
 # quarter. An epoch trains in ~9 s for a single-task network, ~16 s for the MTL baseline, ~26 s for
 # MTI-Net and ~38 s for PAD-Net (2-core CPU, fp32, one thread per run as `suite --jobs 2` gives).
@@ -61,11 +63,11 @@ STUDY: dict[str, dict] = {
            "batch_size": 16, "num_train": 48, "num_val": 16, "rsa_images": 16, "bootstrap": 50,
            "affinity_every": 2, "lr": 5e-3},
     # the core comparison at the full schedule, one seed: every figure
-    "quick": {**STUDY_MODELS, "epochs": 12, "detection_epochs": 1, "seeds": (0,),
+    "quick": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 1, "seeds": (0,),
               "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 64, "bootstrap": 200,
               "affinity_every": 25, "lr": 2e-3},
     # every variant of the papers' ablations, 3 seeds (mean ± std), the same schedule
-    "full": {**STUDY_MODELS, "epochs": 12, "detection_epochs": 2, "seeds": (0, 1, 2),
+    "full": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 2, "seeds": (0, 1, 2),
              "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 100, "bootstrap": 500,
              "affinity_every": 25, "lr": 2e-3},
 }
@@ -86,8 +88,8 @@ def base_config(profile: str, *, dataset: str = "synthetic", data_dir: str | Non
     unless one is given (None picks the profile's too); the in-house backbones get the profile's widths
     (`widths` for the dense backbone, `cnn_widths` for `cnn`) and, on the dense backbone, the model its
     study options (`model_options`), each under what `fields` give. Val metrics are computed at every
-    quarter of the schedule (eval_every = epochs / 4), unless `eval_every` is given: enough to show
-    convergence (`convergence`) at a small cost."""
+    eighth of the schedule (eval_every = epochs / 8), unless `eval_every` is given: a learning curve
+    and the convergence check (`convergence`) at a small cost."""
     s = study(profile)
     tasks = fields.get("tasks", TrainConfig.tasks)
     detector = "detection" in ((tasks,) if isinstance(tasks, str) else tuple(tasks))
@@ -95,7 +97,7 @@ def base_config(profile: str, *, dataset: str = "synthetic", data_dir: str | Non
               "epochs": s["detection_epochs" if detector else "epochs"], "batch_size": s["batch_size"],
               "lr": s["lr"], "seed": seed, "dataset": dataset, "data_dir": data_dir}
     values.update(fields)
-    values.setdefault("eval_every", max(1, values["epochs"] // 4))
+    values.setdefault("eval_every", max(1, values["epochs"] // 8))
     if values.get("backbone") is None:  # None: the study's choice
         values["backbone"] = s["detector_backbone"] if detector else s["backbone"]
     widths = {s["backbone"]: s["widths"], "cnn": s["cnn_widths"]}.get(values["backbone"])
@@ -121,23 +123,297 @@ def run(config: TrainConfig | dict, root=None) -> RunResult:
     return train_or_load(config, root=root, progress=progress_enabled())
 
 
+def variant_configs(variants: Mapping[str, Mapping], profile: str, seeds: Iterable[int] | None = None,
+                    **common) -> dict[str, list[TrainConfig]]:
+    """{label: [TrainConfig per seed]} for `variants` = {label: config overrides}, each on top of
+    `base_config(profile, **common)` (the overrides win). Every config is validated here."""
+    seeds = tuple(seeds if seeds is not None else study(profile)["seeds"])
+    if not seeds:
+        raise ValueError("seeds: at least one seed is needed")
+    return {label: [base_config(profile, seed=seed, **{**common, **overrides}) for seed in seeds]
+            for label, overrides in variants.items()}
+
+
 def run_variants(variants: Mapping[str, Mapping], profile: str, seeds: Iterable[int] | None = None,
                  root=None, **common) -> dict[str, list[RunResult]]:
     """{label: [RunResult per seed]} for `variants` = {label: config overrides}, each on top of
     `base_config(profile, **common)`. All configs are validated before anything trains."""
-    seeds = tuple(seeds if seeds is not None else study(profile)["seeds"])
-    if not seeds:
-        raise ValueError("seeds: at least one seed is needed")
-    configs = {label: [base_config(profile, seed=seed, **{**common, **overrides}) for seed in seeds]
-               for label, overrides in variants.items()}
+    configs = variant_configs(variants, profile, seeds, **common)
     return {label: [run(c, root) for c in cs] for label, cs in configs.items()}
 
 
 def run_single_task(profile: str, tasks: Iterable[str], seeds: Iterable[int] | None = None, root=None,
                     **common) -> dict[str, list[RunResult]]:
     """One single-task network per task (Δm's reference, RSA's networks): {task: [RunResult per seed]}."""
-    return {task: run_variants({task: {"model": "single_task", "tasks": (task,)}}, profile, seeds, root,
-                               **common)[task] for task in tasks}
+    return run_variants(single_task_variants(tasks), profile, seeds, root, **common)
+
+
+# ---------------------------------------------------------------- what each study notebook trains
+# The notebooks read their variants from here, and the suite trains the `planned_runs` of every notebook
+# it executes before it executes them (suite.run_suite): one declaration, so that a notebook and the
+# suite's scheduler cannot disagree. A variant is {TrainConfig field: value} on top of
+# base_config(profile, **common), where `common` is the notebook's {"dataset", "data_dir", **overrides}.
+
+DENSE_TASKS = ("semseg", "depth", "normals", "edge")  # the tasks of the dense studies (02, 03, 05)
+
+
+def _for_profile(variants: dict[str, dict], labels: Mapping[str, list[str]],
+                 profile: str | None) -> dict[str, dict]:
+    """The `variants` that `profile` trains: those `labels[profile]` names, every one for a profile
+    without an entry (full), and every one for profile None."""
+    if profile is None:
+        return variants
+    study(profile)  # an unknown profile fails here, by name
+    return {label: variants[label] for label in labels.get(profile, variants)}
+
+
+def single_task_variants(tasks: Iterable[str]) -> dict[str, dict]:
+    """One single-task network per task, labelled by the task."""
+    return {task: {"model": "single_task", "tasks": (task,)} for task in tasks}
+
+
+def single_run_config(profile: str, seed: int = 0, epochs: int | None = None,
+                      overrides: Mapping | None = None, **fields) -> TrainConfig:
+    """01's run: `fields` (model, tasks, backbone, weighting, model_options, dataset, data_dir) on the
+    study's defaults (backbone None: the study's), `epochs` None: the profile's, `overrides` last."""
+    fields = {**fields, "epochs": epochs or study(profile)["epochs"], **(overrides or {})}
+    return base_config(profile, seed=seed, **fields)
+
+
+# 03 · MTI-Net ablation
+CAPACITY = "MTL baseline, MTI-Net's size"  # the capacity control: the baseline with MTI-Net's parameters
+MTINET_LABELS = {  # the variants each profile trains (full: every one)
+    "ci": ["MTL baseline", CAPACITY, "PAD-Net", "MTI-Net", "MTI-Net w/o FPM"],
+    "quick": ["MTL baseline", CAPACITY, "MTI-Net"],  # the core comparison at full's schedule
+}
+MTINET_AUX_MAIN = ("semseg", "depth")  # the auxiliary-task study: Δm over these two
+MTINET_AUX_LABELS = {"ci": ["MTI-Net (semseg, depth)", "+ edge + normals (aux)"],
+                     "quick": ["MTI-Net (semseg, depth)", "+ edge + normals (aux)"]}
+
+
+def capacity_control(profile: str, tasks: Iterable[str] = DENSE_TASKS, **common) -> tuple[int, float]:
+    """(task-head width, MTI-Net's parameter count): the `head_width` that gives the MTL baseline
+    MTI-Net's parameters, for MTI-Net built as 03 trains it (profile settings, backbone, `common`)."""
+    from .models.baselines import head_width_for
+
+    tasks = tuple(tasks)
+    mtinet = base_config(profile, model="mtinet", tasks=tasks, **common)
+    params = resources(mtinet)["params (M)"] * 1e6
+    width = head_width_for(params, tasks, backbone=mtinet.backbone, backbone_options=mtinet.backbone_options)
+    return width, params
+
+
+def mtinet_variants(head_width: int, profile: str | None = None) -> dict[str, dict]:
+    """03's ablation on DENSE_TASKS as `profile` trains it (None: every variant); `head_width` is the
+    capacity control's (`capacity_control`)."""
+    variants = {
+        "MTL baseline": {"model": "mtl_baseline"},
+        CAPACITY: {"model": "mtl_baseline", "model_options": {"head_width": head_width}},
+        "PAD-Net": {"model": "padnet"},  # its study options (task-feature width) come from base_config
+        "MTI-Net": {"model": "mtinet"},
+        "MTI-Net, 1 scale": {"model": "mtinet", "model_options": {"num_scales": 1}},
+        "MTI-Net, 2 scales": {"model": "mtinet", "model_options": {"num_scales": 2}},
+        "MTI-Net, 3 scales": {"model": "mtinet", "model_options": {"num_scales": 3}},
+        "MTI-Net w/o FPM": {"model": "mtinet", "model_options": {"fpm": False}},
+        "MTI-Net w/o distillation": {"model": "mtinet", "model_options": {"distillation": False}},
+    }
+    return _for_profile({k: {**v, "tasks": DENSE_TASKS} for k, v in variants.items()}, MTINET_LABELS, profile)
+
+
+def mtinet_aux_variants(profile: str | None = None) -> dict[str, dict]:
+    """03's auxiliary tasks: MTI-Net on MTINET_AUX_MAIN, alone and with edge / normals as auxiliary
+    tasks, as `profile` trains them (None: every variant)."""
+    main = MTINET_AUX_MAIN
+    variants = {
+        "MTI-Net (semseg, depth)": {"model": "mtinet", "tasks": main},
+        "+ edge (aux)": {"model": "mtinet", "tasks": main + ("edge",),
+                         "model_options": {"auxiliary_tasks": ["edge"]}},
+        "+ normals (aux)": {"model": "mtinet", "tasks": main + ("normals",),
+                            "model_options": {"auxiliary_tasks": ["normals"]}},
+        "+ edge + normals (aux)": {"model": "mtinet", "tasks": DENSE_TASKS,
+                                   "model_options": {"auxiliary_tasks": ["normals", "edge"]}},
+    }
+    return _for_profile(variants, MTINET_AUX_LABELS, profile)
+
+
+# 04 · ROCK ablation
+ROCK_TASKS = ("detection", "scene", "depth", "normals")  # the primary task first, then ROCK's auxiliaries
+# every detector of 04: the small CNN (the dense studies' `hrnet` is not used for detection), its last
+# stage kept at 1/16 (04's section 0 says why); part of 04's `common`
+DETECTOR = {"backbone": "cnn", "backbone_options": {"dilated": True}}
+MISSING_FRACTION = 0.3  # 04's mixed data: share of sensor samples without each auxiliary annotation
+
+
+def rock_variants(profile: str | None = None, dataset: str = "synthetic") -> dict[str, dict[str, dict]]:
+    """04's variants by section (stride, main, alone, leave out, fusion, mixed) as `profile` trains them
+    on `dataset` (None: every variant), each on top of DETECTOR. `full` adds the trained stride
+    comparison, leave-one-out and two mixed-data controls; `quick` leaves out the multiplicative fusion;
+    the mixed-data study (sensor domain, validated on it) needs the synthetic benchmark."""
+    if profile is not None:
+        study(profile)  # an unknown profile fails here, by name
+    every = profile in (None, "full")
+    aux = ROCK_TASKS[1:]
+    ssd = {"model": "ssd", "tasks": ("detection",)}
+    rock = {"model": "rock", "tasks": ROCK_TASKS}
+    sections = {
+        "stride": {"SSD, 1/32": {**ssd, "backbone_options": {"dilated": False}}, "SSD, 1/16 dilated": ssd},
+        "main": {"SSD": ssd, "flat MTL": {"model": "flat_mtl", "tasks": ROCK_TASKS}, "ROCK": rock},
+        "alone": {f"ROCK, {t} only": {"model": "rock", "tasks": ("detection", t)} for t in aux},
+        "leave out": {f"ROCK without {t}": {"model": "rock", "tasks": tuple(x for x in ROCK_TASKS if x != t)}
+                      for t in aux},
+        "fusion": {
+            "ROCK, multiply": {**rock, "model_options": {"fusion": "multiply"}},
+            "ROCK, concat": {**rock, "model_options": {"fusion": "concat"}},
+            "ROCK, plain heads": {**rock, "model_options": {"intensive_pooling": False}},
+        },
+    }
+    mixed = {"sensor only": {**rock, "train_domains": ("sensor",)},
+             "sensor + render": {**rock, "train_domains": ("sensor", "render")}}
+    # how much do the missing labels cost, and what does ROCK add on sensor data?
+    mixed["sensor only, no missing labels"] = {**mixed["sensor only"], "missing_fraction": 0.0}
+    mixed["SSD, sensor only"] = {**ssd, "train_domains": ("sensor",)}
+    sections["mixed"] = {k: {"missing_fraction": MISSING_FRACTION, "val_domain": "sensor", **v}
+                         for k, v in mixed.items()}
+    if not every:
+        sections["stride"], sections["leave out"] = {}, {}
+        for label in ("sensor only, no missing labels", "SSD, sensor only"):
+            sections["mixed"].pop(label)
+    if profile == "quick":  # the quick budget (about ten runs in all) leaves out the product
+        sections["fusion"].pop("ROCK, multiply")
+    if dataset != "synthetic":  # a single domain: no mixing study
+        sections["mixed"] = {}
+    return sections
+
+
+# 05 · Loss weighting
+WEIGHTING_LABELS = {  # the methods each profile trains (full: all of weighting.WEIGHTINGS)
+    "ci": ["fixed", "uncertainty", "mgda"],
+    "quick": ["fixed", "dwa", "mgda"],  # one of each kind, at full's schedule
+}
+STATIC_WEIGHTS = {  # static loss weights for the fixed method, beside the dataset's own
+    "NYUD's (normals 10, edge 50)": {"normals": 10.0, "edge": 50.0},
+    "normals 1, edge 20": {"normals": 1.0, "edge": 20.0},
+    "normals 3, edge 5": {"normals": 3.0, "edge": 5.0},
+}
+STATIC_LABELS = {"ci": ["NYUD's (normals 10, edge 50)"], "quick": ["NYUD's (normals 10, edge 50)"]}
+
+
+def weighting_variants(profile: str | None = None) -> dict[str, dict]:
+    """05's MTL baseline on DENSE_TASKS under each weighting method `profile` trains (None: all)."""
+    from .weighting import WEIGHTINGS
+
+    variants = {m: {"model": "mtl_baseline", "weighting": m, "tasks": DENSE_TASKS} for m in WEIGHTINGS}
+    return _for_profile(variants, WEIGHTING_LABELS, profile)
+
+
+def static_weight_variants(profile: str | None = None) -> dict[str, dict]:
+    """05's fixed-weight MTL baseline under the STATIC_WEIGHTS `profile` trains (None: all)."""
+    variants = {label: {"model": "mtl_baseline", "weighting": "fixed", "loss_weights": weights,
+                        "tasks": DENSE_TASKS} for label, weights in STATIC_WEIGHTS.items()}
+    return _for_profile(variants, STATIC_LABELS, profile)
+
+
+# 06 · Inspector
+def inspected_configs(profile: str, seed: int = 0, **common) -> dict[str, TrainConfig]:
+    """06's default runs, {role: config}: MTI-Net on the dense tasks and, where the dataset has boxes,
+    ROCK on its tasks, at the study's defaults. 06 shows a stored run like each (inspector.find_run) and
+    trains the config itself only when none is stored."""
+    from .data import dataset_tasks
+
+    available = dataset_tasks(common.get("dataset", "synthetic"))
+    dense = [t for t in DENSE_TASKS if t in available]
+    wanted = {"MTI-Net": base_config(profile, model="mtinet", tasks=dense, seed=seed, **common)}
+    if "detection" in available:  # ROCK needs boxes
+        rock = [t for t in ROCK_TASKS if t in available]
+        wanted["ROCK"] = base_config(profile, model="rock", tasks=rock, seed=seed, **common)
+    return wanted
+
+
+# notebooks whose planned runs train only when no stored run is like them (inspector.find_run)
+PICKS_STORED_RUNS = ("06_inspector",)
+Plan = dict[str, list[TrainConfig]]  # {label: [TrainConfig per seed]}
+
+
+def planned_runs(notebook: str, profile: str, **params) -> Plan:
+    """{label: [TrainConfig per seed]}: every stored run `notebook` trains in `profile`, given its
+    parameters `params` (any of its parameters cell but profile and output_dir; the cell's defaults for
+    those not given). Labels are the notebook's, unique within it. The notebooks of PICKS_STORED_RUNS
+    train theirs only when inspector.find_run finds no stored run like them."""
+    if notebook not in _PLANS:
+        raise ValueError(f"notebook {notebook!r}: no plan; choose from {list(_PLANS)}")
+    return _PLANS[notebook](profile, **params)
+
+
+def _study_common(dataset: str, data_dir: str | None, overrides: Mapping | None, **fixed) -> dict:
+    return {"dataset": dataset, "data_dir": data_dir, **fixed, **(overrides or {})}
+
+
+def _merge_sections(*sections: Plan) -> Plan:
+    merged: Plan = {}
+    for section in sections:
+        clash = set(merged) & set(section)
+        if clash:
+            raise ValueError(f"labels {sorted(clash)} are declared twice in one notebook")
+        merged.update(section)
+    return merged
+
+
+def _plan_data_tour(profile: str, seed: int = 0, data_dir: str | None = None, num_gallery: int = 4) -> Plan:
+    study(profile)
+    return {}  # the data tour trains nothing
+
+
+def _plan_train(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
+                model: str = "mtinet", tasks: Iterable[str] = DENSE_TASKS, backbone: str | None = None,
+                weighting: str = "fixed", epochs: int | None = None, model_options: Mapping | None = None,
+                overrides: Mapping | None = None) -> Plan:
+    config = single_run_config(profile, seed, epochs, overrides, model=model, tasks=tuple(tasks),
+                               backbone=backbone, weighting=weighting,
+                               model_options=dict(model_options or {}), dataset=dataset, data_dir=data_dir)
+    return {config.model: [config]}
+
+
+def _plan_affinity(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
+                   overrides: Mapping | None = None) -> Plan:
+    # 02 also trains an MTL baseline to measure gradient affinity: outside the run store (affinity.py)
+    common = _study_common(dataset, data_dir, overrides)
+    return variant_configs(single_task_variants(DENSE_TASKS), profile, (seed,), **common)
+
+
+def _plan_mtinet(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
+                 data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
+    common = _study_common(dataset, data_dir, overrides)
+    width, _ = capacity_control(profile, DENSE_TASKS, **common)
+    return _merge_sections(*(variant_configs(v, profile, seeds, **common) for v in (
+        single_task_variants(DENSE_TASKS), mtinet_variants(width, profile), mtinet_aux_variants(profile))))
+
+
+def _plan_rock(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
+               data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
+    common = _study_common(dataset, data_dir, overrides, **DETECTOR)
+    return _merge_sections(*(variant_configs(v, profile, seeds, **common)
+                             for v in rock_variants(profile, dataset).values()))
+
+
+def _plan_weighting(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
+                    data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
+    # 05 also trains an MTL baseline to measure gradient cosines: outside the run store (affinity.py)
+    common = _study_common(dataset, data_dir, overrides)
+    return _merge_sections(*(variant_configs(v, profile, seeds, **common) for v in (
+        single_task_variants(DENSE_TASKS), weighting_variants(profile), static_weight_variants(profile))))
+
+
+def _plan_inspector(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
+                    overrides: Mapping | None = None, image: int = 0) -> Plan:
+    del image  # which validation image is shown: no run depends on it
+    common = _study_common(dataset, data_dir, overrides)
+    return {role: [config] for role, config in inspected_configs(profile, seed, **common).items()}
+
+
+_PLANS = {"00_data_tour": _plan_data_tour, "01_train": _plan_train,
+          "02_task_affinity_per_scale": _plan_affinity,
+          "03_mtinet_ablation": _plan_mtinet, "04_rock_ablation": _plan_rock,
+          "05_loss_weighting": _plan_weighting, "06_inspector": _plan_inspector}
 
 
 def _unflatten(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:

@@ -46,9 +46,17 @@ def default_runs_root() -> Path:
 # current ones.
 STORE_VERSION = 5
 
+# Part of the hash of these models' runs only, so that every other model's hash stays as it was: bumped
+# when the same config of that model would train differently (1: ROCK's reference losses and weights;
+# 2: ROCK's reference SSD head by default: 6 levels, its default boxes, foreground bias prior 0.01).
+MODEL_VERSIONS = {"ssd": 2, "flat_mtl": 2, "rock": 2}
+
 
 def config_hash(config: TrainConfig) -> str:
-    blob = json.dumps({**config.to_dict(), "store_version": STORE_VERSION}, sort_keys=True, default=list)
+    values = {**config.to_dict(), "store_version": STORE_VERSION}
+    if config.model in MODEL_VERSIONS:
+        values["model_version"] = MODEL_VERSIONS[config.model]
+    blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -5,6 +5,12 @@ output for the task (any spatial resolution: dense predictions are upsampled to 
 which is how MTI-Net supervises its 1/4 ... 1/32 initial predictions) and the batch dict, and
 masks missing annotations. A batch where a task's annotations are all missing gives a loss of
 exactly 0 with zero gradient, never NaN.
+
+Two loss conventions, chosen by the task set (`loss_convention`):
+- "mtinet" (every dense study): MTI-Net's losses and task weights, from its official code;
+- "rock" (a task set with detection: primary MTL as in ROCK, models ssd / flat_mtl / rock): the losses
+  and weights of ROCK's reference implementation (github vita-epfl/rock-pytorch) for scene, depth and
+  normals, and its multibox loss for detection.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ class TaskSpec:
     higher_is_better: dict[str, bool] = field(repr=False, hash=False)
     primary: str  # the metric used when a single number per task is needed
     missing: str  # how a missing annotation is marked in the batch dict
-    weight: float = 1.0  # default loss weight (MTI-Net's values for NYUD / PASCAL)
+    weight: float = 1.0  # default loss weight (MTI-Net's values for NYUD / PASCAL, or ROCK's)
     classes: tuple[str, ...] = ()
 
 
@@ -140,16 +146,59 @@ def sal_loss(pred: Tensor, batch: dict) -> Tensor:
     return balanced_bce(pred, batch["sal"], pos_weight=None)
 
 
+# rock-pytorch: rock/model/losses.py, scene_cross_entropy_loss (NLLLoss on the LogSoftmax that
+# rock/model/auxiliary.py, Scene.forward applies to the pooled scene maps): the same cross-entropy.
 def scene_loss(pred: Tensor, batch: dict) -> Tensor:
+    """Cross-entropy of the (B, classes) logits, averaged over the images whose scene label is not -1.
+    Both conventions use it (ROCK's reference weights it 3)."""
     target = batch["scene"]
     losses = F.cross_entropy(pred.float(), target.clamp_min(0), reduction="none")
     return _masked_mean(losses, target >= 0)
 
 
 def detection_loss(pred, batch: dict) -> Tensor:
+    """ROCK's reference multibox loss (see `models.detection.multibox_loss`)."""
     from .models.detection import multibox_loss  # the SSD loss lives with the detector
 
     return multibox_loss(pred, batch)
+
+
+# The auxiliary losses of ROCK's reference implementation (rock-pytorch, rock/model/losses.py), used
+# with its weights: scene 3, depth 3, normals 30 (MultiTaskLoss.__init__). Its NYUv2 data annotates every
+# image; only normals come with a validity mask, and its depth loss averages over every pixel. Here, as
+# for every task, a missing annotation is masked per image and per pixel. The reference computes the
+# losses at the feature map's resolution, with the labels resized to it (nearest); here, as for every
+# dense loss, the prediction is upsampled to the label: on the detectors' small base maps (2x2 for a
+# 64x64 image) a nearest-resized label would keep only a handful of its pixels.
+
+ROCK_MIN_DEPTH, ROCK_MAX_DEPTH = 1e-3, 10.0  # metres; the reference clamps the label to this range
+
+
+# rock-pytorch: rock/model/losses.py, huber_loss. ROCK's paper uses the reverse Huber (berHu) loss of
+# Laina et al. (2016) for depth; the reference's README ("Changes from paper") replaced it by this Huber
+# loss, because berHu's threshold, set by the largest error of the batch, left single pixels very wrong.
+# (Its reverse_huber_loss, with a fixed threshold 0.5, is defined but unused.)
+def log_depth_huber_loss(pred: Tensor, batch: dict) -> Tensor:
+    """Smooth L1 (threshold 1) between log(pred) and log(label clamped to [1e-3, 10] m), averaged over
+    the valid pixels (depth > 0). The prediction is depth in metres: the ROCK models regress its log
+    and return its exponential, so log(pred) is the reference's raw prediction. The log prediction is
+    upsampled to the label's size (interpolated in log space, where the loss is)."""
+    target = batch["depth"]
+    log_pred = _resize_like(pred.float().clamp_min(torch.finfo(torch.float32).tiny).log(), target)
+    log_target = target.float().clamp(ROCK_MIN_DEPTH, ROCK_MAX_DEPTH).log()
+    return _masked_mean(F.smooth_l1_loss(log_pred, log_target, reduction="none"), target > 0)
+
+
+# rock-pytorch: rock/model/losses.py, surface_normals_loss (with normalize in the same file).
+def normals_cosine_l2_loss(pred: Tensor, batch: dict) -> Tensor:
+    """Per valid pixel, with p the prediction divided by max(|pred|, 1e-5) and n the (unit) label:
+    (1 - p.n) + |p - n|^2, averaged over the valid pixels (label not all zero). For a nonzero
+    prediction this is 3 (1 - cos(pred, n)); a zero prediction costs 1 + |n|^2 = 2."""
+    target = batch["normals"]
+    pred = _resize_like(pred, target).float()
+    unit = pred / pred.norm(p=2, dim=1, keepdim=True).clamp_min(1e-5)
+    per_pixel = (1 - (unit * target).sum(dim=1)) + ((unit - target) ** 2).sum(dim=1)
+    return _masked_mean(per_pixel, target.abs().sum(dim=1) > 0)
 
 
 # Default class counts: the synthetic benchmark's, and PASCAL's 6 human parts + background;
@@ -184,12 +233,28 @@ _SPECS = {
 }
 TASK_NAMES = tuple(_SPECS)
 
+# What the "rock" convention changes in the specs above: ROCK's reference losses and weights
+# (rock-pytorch: rock/model/losses.py, MultiTaskLoss; the detection loss is already its multibox loss).
+_ROCK_SPECS = {
+    "scene": dict(loss=scene_loss, weight=3.0),
+    "depth": dict(loss=log_depth_huber_loss, weight=3.0),
+    "normals": dict(loss=normals_cosine_l2_loss, weight=30.0),
+}
+CONVENTIONS = ("mtinet", "rock")
+
+
+def loss_convention(names: Iterable[str]) -> str:
+    """The loss convention of a task set: "rock" with detection (ROCK's primary MTL), else "mtinet"."""
+    return "rock" if "detection" in tuple(names) else "mtinet"
+
 
 def make_task(name: str, num_classes: int | None = None, classes: Iterable[str] = (),
-              weight: float | None = None) -> TaskSpec:
+              weight: float | None = None, convention: str = "mtinet") -> TaskSpec:
     if name not in _SPECS:
         raise ValueError(f"task={name!r}: unknown task; choose from {list(TASK_NAMES)}")
-    spec = dict(_SPECS[name])
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention={convention!r}: choose from {list(CONVENTIONS)}")
+    spec = {**_SPECS[name], **(_ROCK_SPECS.get(name, {}) if convention == "rock" else {})}
     classes = tuple(classes)
     if name in DEFAULT_CLASSES:
         if num_classes is not None and classes and num_classes != len(classes):
@@ -205,13 +270,17 @@ def make_task(name: str, num_classes: int | None = None, classes: Iterable[str] 
 def make_tasks(names: Iterable[str], dataset=None,
                weights: dict[str, float] | None = None) -> dict[str, TaskSpec]:
     """Specs for `names`; class lists come from `dataset`'s classes / scene_classes / det_classes /
-    part_classes attributes, when it has them. Loss weights: `weights`, else the dataset's own
-    `loss_weights` (the synthetic benchmark's, chosen by benchmarks/task_weights.py), else the spec's
-    (MTI-Net's official values, which the real datasets keep)."""
+    part_classes attributes, when it has them. Losses follow `loss_convention(names)`. Loss weights:
+    `weights`, else (MTI-Net convention only) the dataset's own `loss_weights` (the synthetic
+    benchmark's, chosen by benchmarks/task_weights.py for the MTI-Net losses), else the spec's
+    (MTI-Net's official values, which the real datasets keep; ROCK's under the ROCK convention)."""
     if isinstance(names, str):
         names = [names]
     names = list(names)
-    weights = {**getattr(dataset, "loss_weights", {}), **(weights or {})}
+    convention = loss_convention(names)
+    # a dataset's own weights were tuned for the MTI-Net losses; ROCK's losses keep ROCK's weights
+    dataset_weights = getattr(dataset, "loss_weights", {}) if convention == "mtinet" else {}
+    weights = {**dataset_weights, **(weights or {})}
     unknown = [n for n in names if n not in _SPECS]
     if unknown:
         raise ValueError(f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
@@ -222,5 +291,5 @@ def make_tasks(names: Iterable[str], dataset=None,
     specs = {}
     for name in names:
         classes = tuple(getattr(dataset, class_attr.get(name, ""), ())) if dataset is not None else ()
-        specs[name] = make_task(name, classes=classes, weight=weights.get(name))
+        specs[name] = make_task(name, classes=classes, weight=weights.get(name), convention=convention)
     return specs

@@ -52,30 +52,33 @@ def test_ssd_feature_sizes_match_the_head(size, stride, extra, expected):
 
 
 def test_prior_coverage_known_boxes():
-    # one 1x1 level (stride 64 on 64x64, no extra layer): 4 priors centred at (32, 32); the first is
-    # a square of side min_scale * 64 = 12.8 px
+    # one 1x1 level (stride 64 on 64x64, no extra layer) with SSD's own rule (scales 0.2 ... 0.9, ratios
+    # {1, 2, 1/2}): 4 priors centred at (32, 32); the first is a square of side min_scale * 64 = 12.8 px
     exact = [32 - 6.4, 32 - 6.4, 32 + 6.4, 32 + 6.4]
     corner = [0, 0, 4, 4]  # far from every prior: IoU 0
-    table = ds.prior_coverage(torch.tensor([exact, corner]), (64, 64), strides=(64,), extra_layers=0)
+    table = ds.prior_coverage(torch.tensor([exact, corner]), (64, 64), strides=(64,), extra_layers=0,
+                              first_scale=None, min_scale=0.2, max_scale=0.9, aspect_ratios=(2.0,))
     row = table.loc["1/64"]
     assert row["priors"] == 4
     assert row["SSD maps"] == "1×1"
     assert row["objects with a prior ≥ 0.5"] == pytest.approx(0.5)
     # the exact box overlaps its own prior (IoU 1) and the 2:1 / 1:2 boxes of the same scale
-    # (IoU 1/sqrt(2) ~ 0.71) and the extra square sqrt(0.2) (IoU 0.2 / 1 < 0.5): 3 priors >= 0.5
+    # (IoU 1/sqrt(2) ~ 0.71), not the extra square sqrt(0.2 * 0.9) (IoU 0.2 / 0.9 < 0.5): 3 priors >= 0.5
     assert row["priors ≥ 0.5 per object"] == pytest.approx(3 / 2)
 
 
-def test_prior_coverage_dilation_helps_small_objects():
-    # 12 px objects tiled over a 64x64 image: the stride-16 map (4x4) places priors near far more
-    # of them than the stride-32 map (2x2)
+def test_prior_coverage_finer_base_maps_help_small_objects():
+    # 12 px objects tiled over a 64x64 image: with the head's default boxes (ROCK's reference), a 1/4
+    # base map (16x16) places priors near far more of them than a 1/16 map (4x4): the default boxes
+    # start at 0.07 of the image and need a fine first grid
     xs = torch.arange(2, 52, 6.0)
     boxes = torch.stack([torch.tensor([x, y, x + 12, y + 12]) for x in xs for y in xs])
-    table = ds.prior_coverage(boxes, (64, 64), strides=(32, 16))
+    table = ds.prior_coverage(boxes, (64, 64), strides=(16, 4))
     share = table["objects with a prior ≥ 0.5"]
-    assert share["1/16"] > share["1/32"]
-    assert table.loc["1/16", "priors"] == (16 + 4 + 1) * 4
-    assert table.loc["1/32", "priors"] == (4 + 1) * 4
+    assert share["1/4"] > 0.4 > share["1/16"]
+    assert table.loc["1/16", "priors"] == 16 * 4 + 4 * 6 + 1 * 6  # 4 or 6 boxes per cell, by level
+    assert table.loc["1/4", "priors"] == 256 * 4 + (64 + 16 + 4) * 6 + 1 * 4
+    assert table.loc["1/4", "SSD maps"] == "16×16 → 8×8 → 4×4 → 2×2 → 1×1"
 
 
 def test_prior_coverage_without_objects_is_nan():
@@ -319,7 +322,7 @@ def test_rock_anatomy_shapes_and_parameter_split():
     assert shapes.loc["refined map R (into the SSD head)", "shape"] == (32, 4, 4)
     assert shapes.loc["prediction scene", "shape"] == (6,)
     assert shapes.loc["prediction normals", "shape"] == (3, 4, 4)
-    assert shapes.loc["SSD default boxes", "shape"] == (16 + 4 + 1) * 4  # 4 boxes per cell
+    assert shapes.loc["SSD default boxes", "shape"] == 16 * 4 + (4 + 1) * 6  # 4, then 6 boxes per cell
     assert params["auxiliary predictors"] == 0  # intensive pooling has no weights
     assert params["ROCK decoders (fusion)"] > 0
 

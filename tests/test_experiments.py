@@ -21,7 +21,7 @@ def test_every_profile_has_study_settings_and_base_config_applies_them():
     config = experiments.base_config("quick", model="mtinet", tasks=("semseg", "depth"), seed=3)
     s = experiments.study("quick")
     assert config.size == tuple(PROFILES["quick"]["size"]) and config.num_train == s["num_train"]
-    assert config.epochs == s["epochs"] and config.eval_every == max(1, s["epochs"] // 4) and config.seed == 3
+    assert config.epochs == s["epochs"] and config.eval_every == max(1, s["epochs"] // 8) and config.seed == 3
     assert config.backbone_options == {"widths": list(s["widths"])}
     # explicit fields win, a non-cnn backbone gets no cnn widths
     config = experiments.base_config("ci", epochs=3, eval_every=1, backbone="resnet18")

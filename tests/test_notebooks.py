@@ -80,6 +80,15 @@ def test_every_notebook_executes_in_ci(ci_suite):
         assert list(folder.glob("*.png")), f"{name} saved no figure"
 
 
+def test_the_notebooks_use_only_runs_the_pool_trained(ci_suite):
+    """Every notebook declares the runs it uses (experiments.planned_runs): the suite trains them before
+    the notebooks execute, so the notebooks add no run to the (initially empty) store."""
+    report, tmp = ci_suite
+    trained = {o.run.directory.name for o in report.runs if o.status == "trained"}
+    stored = {p.name for p in (tmp / "runs").iterdir() if p.is_dir()}
+    assert len(trained) >= 10 and stored == trained, sorted(stored - trained)
+
+
 def test_report_links_notebooks_figures_and_headline_tables(ci_suite):
     report, tmp = ci_suite
     text = report.path.read_text()

@@ -76,14 +76,18 @@ def test_encode_decode_round_trip():
     assert torch.allclose(zero, torch.zeros(2, 500, 4), atol=1e-4)
 
 
+SSD_RULE = {"first_scale": None, "min_scale": 0.2, "max_scale": 0.9, "aspect_ratios": (2.0,)}  # SSD's paper
+
+
 @pytest.mark.parametrize("image_size, sizes", [((64, 64), [(4, 4), (2, 2), (1, 1)]),
                                                ((64, 96), [(4, 6), (2, 3), (1, 2), (1, 1)]),
                                                ((480, 640), [(30, 40), (15, 20), (8, 10), (4, 5), (2, 3)])])
 def test_prior_count_range_and_shapes(image_size, sizes):
-    gen = PriorBoxes()
+    # SSD's own rule (linear scales 0.2 ... 0.9, ratios {1, 2, 1/2} everywhere): still available as options
+    gen = PriorBoxes(**SSD_RULE)
     priors = gen(sizes, image_size)
-    assert gen.num_per_location == 4  # ratios 1, 2, 1/2 + the extra sqrt(s_k s_k+1) square
-    assert priors.shape == (sum(h * w for h, w in sizes) * 4, 4) == (PriorBoxes.count(sizes, 4), 4)
+    assert [gen.num_per_location(k) for k in range(len(sizes))] == [4] * len(sizes)  # + sqrt(s_k s_k+1)
+    assert priors.shape == (sum(h * w for h, w in sizes) * 4, 4) == (gen.count(sizes), 4)
     assert priors.min() >= 0 and priors.max() <= 1  # clip=True: cx, cy, w, h all in [0, 1]
     assert gen(sizes, image_size) is priors  # cached per (sizes, image size, device)
     # scales: linear from min_scale to max_scale; the first box of a location is the square of scale s_k
@@ -98,11 +102,26 @@ def test_prior_count_range_and_shapes(image_size, sizes):
     assert priors[0, :2].tolist() == pytest.approx([0.5 / sizes[0][1], 0.5 / sizes[0][0]])
 
 
+def test_default_priors_are_the_references_on_its_own_maps():
+    # rock-pytorch, pboxes_rock: NYUv2 480x640, maps 30x40 ... 1x1, 7228 priors (rock/model/detection.py)
+    sizes = [(30, 40), (15, 20), (8, 10), (4, 5), (2, 3), (1, 1)]
+    gen = PriorBoxes()
+    priors = gen(sizes, (480, 640))
+    assert len(priors) == gen.count(sizes) == 7228
+    assert gen.scales(6) == pytest.approx([0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05])
+    # the reference sizes boxes per axis (s * sqrt(a) of the width, s / sqrt(a) of the height); here in
+    # units of the shorter side, the height: the heights are the reference's, the widths 480 / 640 of it
+    first = priors[:4]  # the 4 boxes of the first location: s, sqrt(s s'), 2:1, 1:2
+    s, s1, r = 0.07, 0.15, math.sqrt(2)
+    assert first[:, 3].tolist() == pytest.approx([s, math.sqrt(s * s1), s / r, s * r])
+    assert first[:, 2].tolist() == pytest.approx([0.75 * v for v in (s, math.sqrt(s * s1), s * r, s / r)])
+
+
 def test_head_output_order_matches_priors():
     """A logit switched on at one (location, anchor) of the head lands on the prior with that centre/shape."""
     torch.manual_seed(0)
     head = SSDHead(in_channels=4, num_classes=3, extra_layers=0)
-    anchors, k = head.priors.num_per_location, 4  # classes + background
+    anchors, k = head.priors.num_per_location(0), 4  # classes + background
     conv = head.cls_convs[0]
     torch.nn.init.zeros_(conv.weight)
     torch.nn.init.zeros_(conv.bias)
@@ -189,14 +208,15 @@ def test_hard_negative_mining_count_and_choice():
     assert not (mask & ~negative).any()
     for i in range(5):
         num_pos, num_neg = int(positive[i].sum()), int(negative[i].sum())
-        expected = min(3 * max(num_pos, 1), num_neg)  # an image without positives mines 3
+        expected = min(3 * num_pos, num_neg)  # an image without positives mines none (ROCK's reference)
         assert int(mask[i].sum()) == expected
         if 0 < expected < num_neg:  # the chosen are the hardest
             assert loss[i][mask[i]].min() >= loss[i][negative[i] & ~mask[i]].max()
-    assert int(positive[3].sum()) == 0 and int(mask[3].sum()) == 3
+    assert int(positive[3].sum()) == 0 and int(mask[3].sum()) == 0
 
 
-def test_loss_finite_without_boxes():
+def test_loss_without_boxes_is_zero():
+    # as in ROCK's reference: an image without positives contributes 0, so a batch without boxes gives 0
     torch.manual_seed(0)
     model = build_model("ssd", ["detection"])
     batch = random_batch()
@@ -204,11 +224,13 @@ def test_loss_finite_without_boxes():
     batch["labels"] = [torch.zeros(0, dtype=torch.int64)] * 3
     out = model(batch["image"])
     loss = multibox_loss(out["detection"], batch)
-    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    assert loss.ndim == 0 and loss.item() == 0.0
     loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    # mixed batch with an empty image: finite too
-    assert torch.isfinite(multibox_loss(model(batch["image"])["detection"], random_batch()))
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    # mixed batch with an empty image: finite and positive
+    mixed = multibox_loss(model(batch["image"])["detection"], random_batch())
+    assert torch.isfinite(mixed) and mixed > 0
 
 
 def test_ssd_overfits_a_tiny_batch():
@@ -361,12 +383,13 @@ def test_dilated_resnet18_base_and_skipped_extra_levels():
     model = build_model("rock", tasks, backbone="resnet18", backbone_options={"dilated": True})
     batch = random_batch((64, 64), batch_size=3)
     out = model(batch["image"])
-    # stride-16 base map: 4x4 -> 2x2 -> 1x1; the third extra layer is not used at this size
+    # stride-16 base map: 4x4 -> 2x2 -> 1x1; the last three of the 5 extra layers are not used at this size
     assert out["detection"]["feature_sizes"] == [(4, 4), (2, 2), (1, 1)]
     assert out["depth"].shape == (3, 1, 4, 4)
-    assert out["detection"]["priors"].shape[0] == (16 + 4 + 1) * 4
+    assert out["detection"]["priors"].shape[0] == 16 * 4 + (4 + 1) * 6  # 4, then 6 boxes per cell
     sum(task_losses(out, batch, tasks).values()).backward()
-    skipped = ("ssd.extras.2.", "ssd.cls_convs.3.", "ssd.box_convs.3.")
+    skipped = tuple(f"ssd.extras.{k}." for k in (2, 3, 4))  # levels 3 ... 5 and their predictors
+    skipped += tuple(f"ssd.{part}.{k}." for k in (3, 4, 5) for part in ("cls_convs", "box_convs"))
     for pname, p in model.named_parameters():
         if pname.startswith(skipped):
             assert p.grad is None

@@ -117,12 +117,13 @@ def render_sample(index: int, spec: RenderSpec) -> dict[str, np.ndarray]:
     best = None
     for _ in range(3):
         cam = sample_camera(rng, scene)
-        candidate = raycast.cast(scene, cam, spec.size, intrinsics)
+        candidate = raycast.nearest_hits(scene, cam, spec.size, intrinsics)
         ids, counts = np.unique(candidate["segment"], return_counts=True)
         score = int(((ids > raycast.ROOM_SEGMENTS) & (counts >= spec.min_box_pixels)).sum())
         if best is None or score > best[0]:
             best = (score, cam, candidate)
-    _, camera, buf = best
+    _, camera, hits = best
+    buf = raycast.surface_buffers(scene, camera, hits)  # points, normals, materials: of the chosen view only
     segment = buf["segment"].reshape(h, w)
     depth = buf["depth"].reshape(h, w)
     normals = (buf["normal"] @ camera.rotation).reshape(h, w, 3)  # world -> camera frame

@@ -9,7 +9,7 @@ and PAD-Net read, as in MTI-Net's code (HRNet's fused output; 270 channels for H
   every unit, so every map is an end-of-network feature. At the benchmark's 64x64 the pyramid starts at
   stride 2 (`stem_stride=2`: maps 32, 16, 8 and 4 pixels wide); `stem_stride=4` is HRNet's 4 ... 32.
 - `cnn`: a small plain CNN (strides 4 ... 32): its finer maps are its shallower ones. The detectors'
-  backbone (ROCK reads one map, the last; `dilated=True` keeps it at 1/16).
+  backbone (ROCK reads one map, the last; `output_stride` keeps it at 1/16, 1/8 or 1/4 by dilation).
 - `hrnet_w18_small_v2`: the MTI-Net paper's backbone, from timm (random init unless `checkpoint`).
 - `resnet18` / `resnet50`: torchvision; `dilated=True` keeps the last stage at stride 16 as ROCK does.
 """
@@ -33,27 +33,39 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.
 class SimpleCNN(Backbone):
     """A stem to 1/4 followed by three stride-2 stages: maps at 1/4, 1/8, 1/16, 1/32.
 
-    `dilated=True` keeps the last stage at 1/16 (stride 1, dilation 2), like ROCK's dilated ResNet:
-    a detector on a 64x64 image then gets a 4x4 base map instead of 2x2.
+    `output_stride` (32, 16, 8 or 4) keeps the last map at that stride: the stages that would go
+    below it keep stride 1 and dilate their 3x3 convolutions instead, by 2 for each stride-2 they skip
+    (DeepLab's output stride; torchvision's `replace_stride_with_dilation`), so the receptive field
+    grows as without dilation. `dilated=True` is output_stride 16, as ROCK's dilated ResNet. A
+    detector on a 128x128 image with output_stride 4 gets a 32x32 base map, the relative grid of ROCK's
+    30x40 base map on NYUv2's 480x640 images.
     """
 
     def __init__(self, widths: tuple[int, int, int, int] = (32, 64, 128, 256), blocks_per_stage: int = 2,
-                 dilated: bool = False):
+                 dilated: bool = False, output_stride: int | None = None):
         super().__init__()
+        if output_stride is None:
+            output_stride = 16 if dilated else 32
+        elif dilated and output_stride != 16:
+            raise ValueError(f"dilated=True is output_stride=16; got output_stride={output_stride}")
+        if output_stride not in (4, 8, 16, 32):
+            raise ValueError(f"output_stride={output_stride}: choose 4, 8, 16 or 32")
         half = widths[0] // 2
         self.stem = nn.Sequential(conv_bn_relu(3, half, 2), conv_bn_relu(half, widths[0], 2))
-        stages, cin = [], widths[0]
+        stages, cin, stride_so_far = [], widths[0], 4
+        self.strides = []
         for i, cout in enumerate(widths):
-            last_dilated = dilated and i == len(widths) - 1
-            stride = 1 if i == 0 or last_dilated else 2
-            dilation = 2 if last_dilated else 1
+            nominal = 4 * 2 ** i  # the stage's stride without dilation
+            stride = 2 if i > 0 and nominal <= output_stride else 1
+            stride_so_far *= stride
+            dilation = nominal // stride_so_far
             layers = [conv_bn_relu(cin, cout, stride, dilation)]
             layers += [conv_bn_relu(cout, cout, dilation=dilation) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*layers))
+            self.strides.append(stride_so_far)
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.channels = list(widths)
-        self.strides = [4, 8, 16, 16 if dilated else 32]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

@@ -26,15 +26,22 @@ average pooling then a linear layer: the same linear map, pooled first).
 Options: `width` of the trunk (default min(512, base channels): 512 as in the paper on ResNet-50,
 256 on the small "cnn" backbone), `group_channels` (default width // 4: 128 as ROCK's public
 re-implementation for width 512), and the SSD head's options (`extra_layers`, `extra_channels`,
-`min_scale`, `max_scale`, `aspect_ratios`, see `detection.SSDHead`).
+`first_scale`, `min_scale`, `max_scale`, `aspect_ratios`, `foreground_prior`, see `detection.SSDHead`:
+by default ROCK's reference head, 6 levels with its default boxes).
 
 Outputs (models/__init__.py's contract): out["detection"] (logits, deltas, priors, image_size,
 feature_sizes), out["scene"] (B, S), out["depth"] (B, 1, h, w), out["normals"] (B, 3, h, w) at the base
-map's resolution (the losses upsample), out["deep"] = []. `return_features=True` adds
+map's resolution (the losses upsample), out["deep"] = []. The depth predictor regresses log-depth (ROCK's
+reference trains it with a Huber loss on log-depth, see tasks.log_depth_huber_loss); out["depth"] is its
+exponential, in metres like every model's. `return_features=True` adds
 out["features"] = {"base": base map, "refined": map fed to the SSD head, "task_features": {task: map}}.
 
-The base map is the backbone's last map: stride 16 on a dilated ResNet (as in the paper); on the
-"cnn" backbone it is the 1/32 map (a 64x64 image gives 2x2 -> 1x1 for the SSD pyramid).
+The base map is the backbone's last map: stride 16 on a dilated ResNet (as in the paper: 30x40 on
+NYUv2's 480x640 images); on the "cnn" backbone the 1/32 map unless `output_stride` keeps it finer. The
+reference's default boxes need a base grid of about 1/30 of the image to fit objects of 0.1 ... 0.5 of
+it: on the synthetic benchmark, 128x128 images with `output_stride=4` (32x32 -> 16x16 -> ... -> 1x1)
+give 94 % of the validation objects a prior at IoU >= 0.5, 64x64 images at 1/16 only 7 %
+(`detection_study.prior_coverage`).
 """
 
 from __future__ import annotations
@@ -159,6 +166,10 @@ class ROCKDetector(nn.Module):
         out = {"detection": self.ssd(refined, images.shape[-2:])}
         for name, features in task_features.items():
             out[name] = self.aux_heads[name](features)
+        if "depth" in out:
+            # the predictor regresses log-depth, as ROCK's reference (whose loss compares it with the log
+            # of the label: rock-pytorch, rock/model/losses.py, huber_loss); out["depth"] is in metres
+            out["depth"] = out["depth"].exp()
         out["deep"] = []
         if return_features:
             out["features"] = {"base": base, "refined": refined, "task_features": task_features}

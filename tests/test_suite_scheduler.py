@@ -1,0 +1,158 @@
+"""The suite's run-level scheduler: the runs the notebooks declare (experiments.planned_runs), deduplicated
+by config hash, are trained in a pool of processes before the notebooks execute on the stored runs."""
+
+from pathlib import Path
+
+import pytest
+
+from mtl_core import cli, experiments, suite
+from mtl_core.runs import run_directory
+
+DENSE = ["02_task_affinity_per_scale", "03_mtinet_ablation", "05_loss_weighting"]
+
+
+def _users(run: suite.PlannedRun) -> set[str]:
+    return {notebook for notebook, _ in run.needed_by}
+
+
+def test_plan_declares_shared_runs_once(tmp_path):
+    planned, problems = suite.plan_runs("ci", DENSE, root=tmp_path)
+    assert not problems
+    names = [r.directory.name for r in planned]
+    assert len(names) == len(set(names))  # one entry per config hash
+    # every run a notebook declares is in the plan, under that notebook and label
+    for notebook in DENSE:
+        for label, configs in experiments.planned_runs(notebook, "ci").items():
+            for config in configs:
+                run = next(r for r in planned if r.directory == run_directory(config, tmp_path))
+                assert (notebook, label) in run.needed_by
+    # 02, 03 and 05 share the single-task networks (Δm's reference, RSA's networks)
+    singles = [r for r in planned if r.config.model == "single_task"]
+    assert sorted(r.config.tasks for r in singles) == sorted((t,) for t in experiments.DENSE_TASKS)
+    assert all(_users(r) == set(DENSE) for r in singles)
+    # 03's MTL baseline is 05's fixed-weight method
+    baseline = next(r for r in planned if ("05_loss_weighting", "fixed") in r.needed_by)
+    assert ("03_mtinet_ablation", "MTL baseline") in baseline.needed_by
+    declared = sum(len(r.needed_by) for r in planned)
+    assert declared == len(planned) + 2 * len(singles) + 1
+    assert all(not r.complete and r.epochs_done == 0 and r.seconds > 0 for r in planned)
+
+
+def test_plan_dedups_within_a_notebook_and_reads_the_store(tmp_path):
+    # in the full profile 04's stride comparison trains the dilated SSD that its main comparison uses
+    planned, _ = suite.plan_runs("full", ["04_rock_ablation"], root=tmp_path)
+    ssd = next(r for r in planned if ("04_rock_ablation", "SSD") in r.needed_by and r.config.seed == 0)
+    assert ("04_rock_ablation", "SSD, 1/16 dilated") in ssd.needed_by
+    # a stored run is not trained again, an interrupted one only for its remaining epochs
+    (ssd.directory / "metrics.json").parent.mkdir(parents=True)
+    (ssd.directory / "metrics.json").write_text("{}")
+    rock = next(r for r in planned if ("04_rock_ablation", "ROCK") in r.needed_by and r.config.seed == 0)
+    rock.directory.mkdir()
+    (rock.directory / "history.json").write_text('[{"epoch": 1}]')
+    again = {r.directory.name: r for r in suite.plan_runs("full", ["04_rock_ablation"], root=tmp_path)[0]}
+    assert again[ssd.directory.name].complete and again[ssd.directory.name].seconds == 0
+    partial = again[rock.directory.name]
+    assert not partial.complete and partial.epochs_done == 1
+    assert partial.seconds == pytest.approx(rock.seconds * (1 - 1 / rock.config.epochs))
+
+
+def test_inspector_takes_the_runs_other_notebooks_train(tmp_path):
+    alone, _ = suite.plan_runs("ci", ["06_inspector"], root=tmp_path)
+    assert {label for r in alone for _, label in r.needed_by} == {"MTI-Net", "ROCK"}
+    assert all(_users(r) == {"06_inspector"} for r in alone)
+    # beside 01 and 04, it shows their MTI-Net and ROCK (inspector.find_run) and trains nothing of its own
+    planned, _ = suite.plan_runs("ci", ["01_train", "04_rock_ablation", "06_inspector"], root=tmp_path)
+    mtinet = next(r for r in planned if ("06_inspector", "MTI-Net") in r.needed_by)
+    rock = next(r for r in planned if ("06_inspector", "ROCK") in r.needed_by)
+    assert _users(mtinet) == {"01_train", "06_inspector"}
+    assert ("04_rock_ablation", "ROCK") in rock.needed_by  # 04's dilated detector, not 06's own config
+    assert all(_users(r) != {"06_inspector"} for r in planned)
+
+
+def test_cost_estimate_follows_the_measured_epochs():
+    def per_epoch(**fields):  # estimated seconds per epoch of 1000 images
+        config = experiments.base_config("quick", num_train=1000, **fields)
+        return suite.estimate_seconds(config) / config.epochs
+
+    dense = {"tasks": experiments.DENSE_TASKS}
+    measured = {"single_task": 9, "mtl_baseline": 16, "mtinet": 26, "padnet": 38}  # experiments.py's figures
+    for model, seconds in measured.items():
+        estimate = per_epoch(model=model, **({"tasks": ("depth",)} if model == "single_task" else dense))
+        assert 0.75 * seconds < estimate < 1.25 * seconds, model
+    assert per_epoch(model="mtl_baseline", weighting="mgda", **dense) > 1.5 * per_epoch(model="mtl_baseline",
+                                                                                            **dense)
+    config = experiments.base_config("quick", model="mtinet", **dense)
+    assert suite.estimate_seconds(config, epochs_done=config.epochs // 2) == pytest.approx(
+        suite.estimate_seconds(config) / 2)
+
+
+def test_notebook_parameters_are_the_declared_defaults_with_the_suites():
+    params = suite.notebook_parameters("01_train", {"dataset": "nyud_mt", "not_declared": 1})
+    assert params["dataset"] == "nyud_mt" and params["model"] == "mtinet" and params["overrides"] == {}
+    assert "not_declared" not in params and "profile" not in params and "output_dir" not in params
+    # a parameter a notebook declares but its plan does not know fails the plan, by name
+    with pytest.raises(TypeError, match="image"):
+        experiments.planned_runs("03_mtinet_ablation", "ci", image=0)
+
+
+def test_a_failing_run_is_reported_by_name_and_the_others_train(tmp_path):
+    store = tmp_path / "runs"
+    tiny = {"model": "single_task", "num_train": 16, "num_val": 8, "epochs": 1}
+    good = experiments.base_config("ci", tasks=("edge",), **tiny)
+    bad = experiments.base_config("ci", tasks=("depth",), dataset="nyud_mt",  # its folder does not exist
+                                  data_dir=str(tmp_path / "no_such_folder"), **tiny)
+    runs = [suite.PlannedRun(c, run_directory(c, store), [("nb", label)], seconds=1.0)
+            for c, label in ((bad, "broken run"), (good, "good run"))]
+    lines = []
+    outcomes = suite.train_planned(runs, 2, 1, root=store, log=lines.append)
+    broken, fine = (next(o for o in outcomes if o.run is run) for run in runs)
+    assert broken.status == "failed"
+    assert "FileNotFoundError" in broken.error and "no_such_folder" in broken.error
+    assert fine.status == "trained" and not fine.error
+    assert (run_directory(good, store) / "metrics.json").exists()
+    assert not (run_directory(bad, store) / "metrics.json").exists()
+    failure = next(line for line in lines if "FAILED" in line)
+    assert "nb: broken run" in failure and run_directory(bad, store).name in failure
+
+
+def test_a_notebook_whose_run_failed_is_not_executed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_CORE_RUNS", str(tmp_path / "runs"))
+    missing = str(tmp_path / "no_such_folder")
+    report = suite.run_suite("ci", jobs=1, output_root=tmp_path / "out", only=["01_train", "06_inspector"],
+                             parameters={"dataset": "nyud_mt", "data_dir": missing}, log=lambda _: None)
+    status = {r.name: r for r in report.results}
+    assert status["01_train"].status == "failed" and status["06_inspector"].status == "skipped"
+    assert "not executed" in status["01_train"].error and "FileNotFoundError" in status["01_train"].error
+    assert "01_train: mtinet" in status["01_train"].error
+    assert not (tmp_path / "out" / "01_train.ipynb").exists()  # the notebook never started
+    assert len(report.failed_runs) == 1 and "06_inspector: MTI-Net" in report.failed_runs[0]
+    assert "**Run failed**" in report.path.read_text()
+
+
+def test_plan_command_lists_runs_without_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MTL_CORE_RUNS", str(tmp_path / "runs"))
+    assert cli.main(["plan", "--profile", "ci", "--only", *DENSE, "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    planned, _ = suite.plan_runs("ci", DENSE)
+    declared = sum(len(r.needed_by) for r in planned)
+    assert f"{declared} run(s) declared by 3 notebook(s), {len(planned)} distinct; 0 stored" in out
+    assert "single_task" in out and "to train" in out and "03, 05" in out
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    assert cli.main(["plan", "--profile", "ci", "--only", "nope"]) == 2
+
+
+@pytest.mark.slow
+def test_notebooks_train_nothing_after_the_pool(tmp_path, monkeypatch):
+    """The ci suite on notebooks that share runs: everything in the store afterwards was trained by the
+    pool, so the notebooks declared every run they use."""
+    store = tmp_path / "runs"
+    monkeypatch.setenv("MTL_CORE_RUNS", str(store))  # inherited by the pool and the kernels
+    monkeypatch.setenv("MTL_CORE_CELL_TIMEOUT", "900")
+    only = ["01_train", "04_rock_ablation", "06_inspector"]
+    report = suite.run_suite("ci", jobs=2, output_root=tmp_path / "out", only=only, log=lambda _: None)
+    assert {r.name: r.status for r in report.results} == dict.fromkeys(only, "passed"), \
+        [r.error for r in report.results]
+    trained = {o.run.directory.name for o in report.runs if o.status == "trained"}
+    stored = {p.name for p in store.iterdir() if p.is_dir()}
+    assert trained and stored == trained
+    assert all(Path(store, name, "metrics.json").exists() for name in stored)
