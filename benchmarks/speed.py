@@ -69,7 +69,6 @@ CPU = torch.device("cpu")
 PROFILE = "full"  # the settings the studies report
 DENSE_TASKS = ("semseg", "depth", "normals", "edge")  # notebook 03
 ROCK_TASKS = ("detection", "scene", "depth", "normals")  # notebook 04: detection first, then the auxiliaries
-DETECTOR = {"backbone": "cnn", "backbone_options": {"dilated": True}}  # notebook 04's detectors
 MODELS = (*(f"single_task/{t}" for t in DENSE_TASKS), "mtl_baseline", "capacity_control", "mtinet", "padnet",
           "ssd", "flat_mtl", "rock")
 WARMUP_STEPS = 3  # oneDNN chooses its kernels and the allocator fills up in the first steps
@@ -183,9 +182,9 @@ def study_configs() -> dict[str, TrainConfig]:
                                          model_options={"head_width": width})
     configs["mtinet"] = mtinet
     configs["padnet"] = config(model="padnet", tasks=DENSE_TASKS)
-    configs["ssd"] = config(model="ssd", tasks=("detection",), **DETECTOR)
-    configs["flat_mtl"] = config(model="flat_mtl", tasks=ROCK_TASKS, **DETECTOR)
-    configs["rock"] = config(model="rock", tasks=ROCK_TASKS, **DETECTOR)
+    configs["ssd"] = config(model="ssd", tasks=("detection",), **experiments.DETECTOR)
+    configs["flat_mtl"] = config(model="flat_mtl", tasks=ROCK_TASKS, **experiments.DETECTOR)
+    configs["rock"] = config(model="rock", tasks=ROCK_TASKS, **experiments.DETECTOR)
     return configs
 
 

@@ -4,6 +4,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtl_core.data.synthetic import RenderSpec, render_sample
 
@@ -44,3 +45,13 @@ def render_samples():
     """A few clean 64x64 and 96x128 renders, shared by the geometry tests."""
     return [render_sample(i, RenderSpec(size=(64, 64))) for i in range(6)] + [
         render_sample(i, RenderSpec(size=(96, 128))) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: one intra-op thread is as fast, and it keeps the tests fast when other
+    processes share the cores (2-thread OpenMP under contention was measured 10-40x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,8 @@ LEVELS = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
 REFERENCE_SCALES = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]  # rock-pytorch, pboxes_rock: sk
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()  # small models: one thread is as fast and robust to shared cores
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ prior geometry

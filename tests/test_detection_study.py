@@ -26,12 +26,8 @@ def isolated_data(tmp_path_factory, monkeypatch):
     return data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()  # tiny models: one thread is as fast and robust to shared cores
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ SSD maps and priors

@@ -26,14 +26,8 @@ from mtl_core.tasks import make_tasks
 ALL_TASKS = ["detection", "scene", "depth", "normals"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and it keeps the tests fast when other
-    processes share the cores (2-thread OpenMP under contention was measured 10-40x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_boxes(n: int, generator: torch.Generator, min_size: float = 0.02) -> torch.Tensor:

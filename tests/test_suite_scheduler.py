@@ -39,10 +39,10 @@ def test_plan_declares_shared_runs_once(tmp_path):
 
 
 def test_plan_dedups_within_a_notebook_and_reads_the_store(tmp_path):
-    # in the full profile 04's stride comparison trains the dilated SSD that its main comparison uses
+    # in the full profile 04's stride comparison trains the 1/4 SSD that its main comparison uses
     planned, _ = suite.plan_runs("full", ["04_rock_ablation"], root=tmp_path)
     ssd = next(r for r in planned if ("04_rock_ablation", "SSD") in r.needed_by and r.config.seed == 0)
-    assert ("04_rock_ablation", "SSD, 1/16 dilated") in ssd.needed_by
+    assert ("04_rock_ablation", "SSD, 1/4") in ssd.needed_by
     # a stored run is not trained again, an interrupted one only for its remaining epochs
     (ssd.directory / "metrics.json").parent.mkdir(parents=True)
     (ssd.directory / "metrics.json").write_text("{}")
@@ -65,7 +65,7 @@ def test_inspector_takes_the_runs_other_notebooks_train(tmp_path):
     mtinet = next(r for r in planned if ("06_inspector", "MTI-Net") in r.needed_by)
     rock = next(r for r in planned if ("06_inspector", "ROCK") in r.needed_by)
     assert _users(mtinet) == {"01_train", "06_inspector"}
-    assert ("04_rock_ablation", "ROCK") in rock.needed_by  # 04's dilated detector, not 06's own config
+    assert ("04_rock_ablation", "ROCK") in rock.needed_by  # 04's detector, not 06's own config
     assert all(_users(r) != {"06_inspector"} for r in planned)
 
 
