@@ -1,7 +1,8 @@
 """Camera geometry shared by the synthetic renderer and the real-data loaders.
 
-Conventions (data/README.md, "The batch dict"): pixel (i, j) covers x in [j, j+1), y in [i, i+1); the camera frame is
-x right, y down, z forward; depth is z-depth in metres, 0 = missing; intrinsics = (fx, fy, cx, cy).
+Conventions (data/README.md, "The batch dict"): pixel (i, j) covers x in [j, j+1), y in [i, i+1);
+the camera frame is x right, y down, z forward; depth is z-depth in metres, 0 = missing;
+intrinsics = (fx, fy, cx, cy).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What the real-dataset loaders share: file reading with errors that name the file, the "missing"
-markers of the batch dict (data/README.md) for annotations a dataset does not have, and a resize that keeps targets consistent.
+markers of the batch dict (data/README.md) for annotations a dataset does not have, and a resize that
+keeps targets consistent.
 
 A loader subclasses `FolderDataset` and implements `load(index)`, returning numpy arrays at the
 files' own resolution: `image` (H, W, 3) uint8, or float in [0, 1]; and any of `semseg` /
