@@ -347,7 +347,9 @@ def planned_runs(notebook: str, profile: str, **params) -> Plan:
     return _PLANS[notebook](profile, **params)
 
 
-def _study_common(dataset: str, data_dir: str | None, overrides: Mapping | None, **fixed) -> dict:
+def study_common(dataset: str, data_dir: str | None, overrides: Mapping | None, **fixed) -> dict:
+    """The TrainConfig fields a study notebook puts under all its runs (its `common`): the notebook and
+    its plan build them here, so that they cannot disagree."""
     return {"dataset": dataset, "data_dir": data_dir, **fixed, **(overrides or {})}
 
 
@@ -379,13 +381,13 @@ def _plan_train(profile: str, seed: int = 0, dataset: str = "synthetic", data_di
 def _plan_affinity(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
                    overrides: Mapping | None = None) -> Plan:
     # 02 also trains an MTL baseline to measure gradient affinity: outside the run store (affinity.py)
-    common = _study_common(dataset, data_dir, overrides)
+    common = study_common(dataset, data_dir, overrides)
     return variant_configs(single_task_variants(DENSE_TASKS), profile, (seed,), **common)
 
 
 def _plan_mtinet(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
                  data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
-    common = _study_common(dataset, data_dir, overrides)
+    common = study_common(dataset, data_dir, overrides)
     width, _ = capacity_control(profile, DENSE_TASKS, **common)
     return _merge_sections(*(variant_configs(v, profile, seeds, **common) for v in (
         single_task_variants(DENSE_TASKS), mtinet_variants(width, profile), mtinet_aux_variants(profile))))
@@ -393,7 +395,7 @@ def _plan_mtinet(profile: str, seeds: Iterable[int] | None = None, dataset: str 
 
 def _plan_rock(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
                data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
-    common = _study_common(dataset, data_dir, overrides, **DETECTOR)
+    common = study_common(dataset, data_dir, overrides, **DETECTOR)
     return _merge_sections(*(variant_configs(v, profile, seeds, **common)
                              for v in rock_variants(profile, dataset).values()))
 
@@ -401,7 +403,7 @@ def _plan_rock(profile: str, seeds: Iterable[int] | None = None, dataset: str = 
 def _plan_weighting(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
                     data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
     # 05 also trains an MTL baseline to measure gradient cosines: outside the run store (affinity.py)
-    common = _study_common(dataset, data_dir, overrides)
+    common = study_common(dataset, data_dir, overrides)
     return _merge_sections(*(variant_configs(v, profile, seeds, **common) for v in (
         single_task_variants(DENSE_TASKS), weighting_variants(profile), static_weight_variants(profile))))
 
@@ -409,7 +411,7 @@ def _plan_weighting(profile: str, seeds: Iterable[int] | None = None, dataset: s
 def _plan_inspector(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
                     overrides: Mapping | None = None, image: int = 0) -> Plan:
     del image  # which validation image is shown: no run depends on it
-    common = _study_common(dataset, data_dir, overrides)
+    common = study_common(dataset, data_dir, overrides)
     return {role: [config] for role, config in inspected_configs(profile, seed, **common).items()}
 
 

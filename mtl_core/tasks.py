@@ -168,8 +168,8 @@ def detection_loss(pred, batch: dict) -> Tensor:
 # image; only normals come with a validity mask, and its depth loss averages over every pixel. Here, as
 # for every task, a missing annotation is masked per image and per pixel. The reference computes the
 # losses at the feature map's resolution, with the labels resized to it (nearest); here, as for every
-# dense loss, the prediction is upsampled to the label: on the detectors' small base maps (2x2 for a
-# 64x64 image) a nearest-resized label would keep only a handful of its pixels.
+# dense loss, the prediction is upsampled to the label: a nearest-resized label would drop most of its
+# pixels on the detectors' base maps (32x32 for 04's 128x128 images, 2x2 at 1/32 of a 64x64 one).
 
 ROCK_MIN_DEPTH, ROCK_MAX_DEPTH = 1e-3, 10.0  # metres; the reference clamps the label to this range
 
