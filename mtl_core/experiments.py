@@ -52,7 +52,10 @@ from .train import TrainConfig, eval_protocol, validate
 # schedule, and `convergence` shows in each study what still moved over the last
 # quarter. An epoch trains in ~9 s for a single-task network, ~16 s for the MTL baseline, ~26 s for
 # MTI-Net and ~38 s for PAD-Net (2-core CPU, fp32, one thread per run as `suite --jobs 2` gives).
-# The detectors keep their own short schedule (`detection_epochs`) until the detection study is rebuilt.
+# The detectors (04) have their own schedule: `detection_epochs` over `detection_num_train` images at
+# 128x128 (DETECTOR). benchmarks/detection_curves.py measured the plain SSD at 28.9 % mAP@0.5 after 12
+# epochs of 2000 images and still rising; 16 epochs of 2000 (2000 steps) is the study's schedule, the
+# same in quick (SSD, flat MTL and ROCK, one seed) and full (every variant, 3 seeds).
 # `overrides` (TrainConfig fields for all of a notebook's runs) train longer or on more images.
 # `num_train` / `num_val` in a profile here override its data sizes (profiles.PROFILES) for training.
 STUDY_MODELS = {"backbone": "hrnet", "widths": (8, 16, 32, 64), "detector_backbone": "cnn",
@@ -63,11 +66,13 @@ STUDY: dict[str, dict] = {
            "batch_size": 16, "num_train": 48, "num_val": 16, "rsa_images": 16, "bootstrap": 50,
            "affinity_every": 2, "lr": 5e-3},
     # the core comparison at the full schedule, one seed: every figure
-    "quick": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 1, "seeds": (0,),
+    "quick": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 16, "detection_num_train": 2000,
+              "seeds": (0,),
               "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 64, "bootstrap": 200,
               "affinity_every": 25, "lr": 2e-3},
     # every variant of the papers' ablations, 3 seeds (mean ± std), the same schedule
-    "full": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 2, "seeds": (0, 1, 2),
+    "full": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 16, "detection_num_train": 2000,
+             "seeds": (0, 1, 2),
              "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 100, "bootstrap": 500,
              "affinity_every": 25, "lr": 2e-3},
 }
@@ -93,7 +98,8 @@ def base_config(profile: str, *, dataset: str = "synthetic", data_dir: str | Non
     s = study(profile)
     tasks = fields.get("tasks", TrainConfig.tasks)
     detector = "detection" in ((tasks,) if isinstance(tasks, str) else tuple(tasks))
-    values = {"size": s["size"], "num_train": s["num_train"], "num_val": s["num_val"],
+    num_train = s.get("detection_num_train", s["num_train"]) if detector else s["num_train"]
+    values = {"size": s["size"], "num_train": num_train, "num_val": s["num_val"],
               "epochs": s["detection_epochs" if detector else "epochs"], "batch_size": s["batch_size"],
               "lr": s["lr"], "seed": seed, "dataset": dataset, "data_dir": data_dir}
     values.update(fields)
@@ -180,6 +186,29 @@ def single_run_config(profile: str, seed: int = 0, epochs: int | None = None,
     return base_config(profile, seed=seed, **fields)
 
 
+# 01b · Does sharing help?
+def sharing_variants() -> dict[str, dict]:
+    """01b's hard vs soft sharing on DENSE_TASKS, one backbone and schedule, trained by every profile:
+    the MTL baseline (03's run: one store entry) and MTAN (task attention over the shared backbone)."""
+    return {"MTL baseline": {"model": "mtl_baseline", "tasks": DENSE_TASKS},
+            "MTAN": {"model": "mtan", "tasks": DENSE_TASKS}}
+
+
+# 02 · Task affinity per scale
+# Task grouping (Standley et al. 2020): the MTL baseline on every pair of DENSE_TASKS, scored by Δ against
+# the single-task networks. The six pair runs would add ~28 one-thread minutes to the quick plan (~4.6 each,
+# suite.estimate_seconds), so quick trains none and 02 shows the affinity side of the grouping only.
+PAIR_LABELS = {"quick": []}
+
+
+def pair_variants(profile: str | None = None) -> dict[str, dict]:
+    """02's grouping networks: the MTL baseline on each pair of DENSE_TASKS, labelled "semseg + depth" and
+    so on, as `profile` trains them (None: every pair)."""
+    pairs = [(a, b) for i, a in enumerate(DENSE_TASKS) for b in DENSE_TASKS[i + 1:]]
+    variants = {f"{a} + {b}": {"model": "mtl_baseline", "tasks": (a, b)} for a, b in pairs}
+    return _for_profile(variants, PAIR_LABELS, profile)
+
+
 # 03 · MTI-Net ablation
 CAPACITY = "MTL baseline, MTI-Net's size"  # the capacity control: the baseline with MTI-Net's parameters
 MTINET_LABELS = {  # the variants each profile trains (full: every one)
@@ -249,7 +278,7 @@ MISSING_FRACTION = 0.3  # 04's mixed data: share of sensor samples without each 
 def rock_variants(profile: str | None = None, dataset: str = "synthetic") -> dict[str, dict[str, dict]]:
     """04's variants by section (stride, main, alone, leave out, fusion, mixed) as `profile` trains them
     on `dataset` (None: every variant), each on top of DETECTOR. `full` adds the trained stride
-    comparison, leave-one-out and two mixed-data controls; `quick` leaves out the multiplicative fusion;
+    comparison, leave-one-out and two mixed-data controls; `quick` trains the main comparison only;
     the mixed-data study (sensor domain, validated on it) needs the synthetic benchmark."""
     if profile is not None:
         study(profile)  # an unknown profile fails here, by name
@@ -280,8 +309,8 @@ def rock_variants(profile: str | None = None, dataset: str = "synthetic") -> dic
         sections["stride"], sections["leave out"] = {}, {}
         for label in ("sensor only, no missing labels", "SSD, sensor only"):
             sections["mixed"].pop(label)
-    if profile == "quick":  # the quick budget (about ten runs in all) leaves out the product
-        sections["fusion"].pop("ROCK, multiply")
+    if profile == "quick":  # at the study's detection schedule quick affords the main comparison only
+        sections["alone"], sections["fusion"], sections["mixed"] = {}, {}, {}
     if dataset != "synthetic":  # a single domain: no mixing study
         sections["mixed"] = {}
     return sections
@@ -378,11 +407,22 @@ def _plan_train(profile: str, seed: int = 0, dataset: str = "synthetic", data_di
     return {config.model: [config]}
 
 
+def _plan_sharing(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
+                  data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
+    # the single-task networks are 02/03/05's and the MTL baseline 03's: the store trains them once
+    common = study_common(dataset, data_dir, overrides)
+    return _merge_sections(*(variant_configs(v, profile, seeds, **common)
+                             for v in (single_task_variants(DENSE_TASKS), sharing_variants())))
+
+
 def _plan_affinity(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
                    overrides: Mapping | None = None) -> Plan:
-    # 02 also trains an MTL baseline to measure gradient affinity: outside the run store (affinity.py)
+    # 02 also trains an MTL baseline to measure gradient affinity: outside the run store (affinity.py).
+    # Each task's single-task network at seed and seed + 1: the second training is RSA's same-task ceiling
     common = study_common(dataset, data_dir, overrides)
-    return variant_configs(single_task_variants(DENSE_TASKS), profile, (seed,), **common)
+    return _merge_sections(
+        variant_configs(single_task_variants(DENSE_TASKS), profile, (seed, seed + 1), **common),
+        variant_configs(pair_variants(profile), profile, (seed,), **common))
 
 
 def _plan_mtinet(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
@@ -415,7 +455,7 @@ def _plan_inspector(profile: str, seed: int = 0, dataset: str = "synthetic", dat
     return {role: [config] for role, config in inspected_configs(profile, seed, **common).items()}
 
 
-_PLANS = {"00_data_tour": _plan_data_tour, "01_train": _plan_train,
+_PLANS = {"00_data_tour": _plan_data_tour, "01_train": _plan_train, "01b_sharing": _plan_sharing,
           "02_task_affinity_per_scale": _plan_affinity,
           "03_mtinet_ablation": _plan_mtinet, "04_rock_ablation": _plan_rock,
           "05_loss_weighting": _plan_weighting, "06_inspector": _plan_inspector}

@@ -191,6 +191,78 @@ def image_errors(sample: dict, outputs: dict, tasks=None) -> dict[str, float]:
     return {f"{t} {ERROR_LABELS[t]}": _mean(error_map(t, outputs[t][0], sample[t])) for t in tasks}
 
 
+@torch.no_grad()
+def _split_outputs(model: torch.nn.Module, dataset, max_images: int | None, batch_size: int):
+    """(sample, outputs of a batch of one) for the first `max_images` images of `dataset`, computed in
+    batches (eval mode): a whole validation split costs seconds, not one forward pass per image."""
+    model.eval()
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for start in range(0, n, batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        out = model(torch.stack([s["image"] for s in samples]).float())
+        for k, sample in enumerate(samples):
+            yield sample, {t: v[k:k + 1] for t, v in out.items() if torch.is_tensor(v)} | {
+                "deep": [{t: p[k:k + 1] for t, p in scale.items()} for scale in out.get("deep") or []]}
+
+
+def boundary_mask(edge, radius: int = 1) -> np.ndarray:
+    """(H, W) bool: the pixels within `radius` pixels (a square) of an edge-label pixel. The label is one
+    pixel wide on the occluding side of a boundary, and a prediction's error spreads over both sides."""
+    edge = torch.as_tensor(edge).float()
+    edge = (edge[0] if edge.dim() == 3 else edge) == 1  # 255 (missing) is no edge
+    grown = F.max_pool2d(edge[None, None].float(), 2 * radius + 1, stride=1, padding=radius)
+    return grown[0, 0].bool().numpy()
+
+
+def boundary_errors(model: torch.nn.Module, dataset, task: str = "depth", radius: int = 1,
+                    max_images: int | None = None, batch_size: int = 32) -> pd.DataFrame:
+    """Where `task`'s error sits over a split: rows "boundary" (within `radius` pixels of the edge label:
+    object outlines, room corners, occlusions) and "elsewhere" (flat surfaces and object interiors);
+    columns the mean per-pixel error (`error_map`), the group's share of the labelled pixels and its share
+    of the summed error (%), over the first `max_images` images (None: all)."""
+    sums, counts = np.zeros(2), np.zeros(2)
+    for sample, outputs in _split_outputs(model, dataset, max_images, batch_size):
+        if task not in outputs or task not in sample:
+            raise ValueError(f"boundary_errors: no {task!r} prediction and label to compare")
+        error = error_map(task, outputs[task][0], sample[task])
+        near = boundary_mask(sample["edge"], radius)
+        for k, where in enumerate((near, ~near)):
+            values = error[where & np.isfinite(error)]
+            sums[k] += values.sum()
+            counts[k] += values.size
+    return pd.DataFrame({f"mean {ERROR_LABELS[task]}": sums / np.maximum(counts, 1),
+                         "pixels (%)": counts / max(counts.sum(), 1) * 100,
+                         "error (%)": sums / max(sums.sum(), 1e-12) * 100},
+                        index=pd.Index(["boundary", "elsewhere"], name=f"{task}, ±{radius} px of an edge"))
+
+
+def scale_errors(model: torch.nn.Module, dataset, tasks=None, max_images: int | None = None,
+                 batch_size: int = 32) -> pd.DataFrame:
+    """The pooled per-pixel error (`error_map`, mean over every labelled pixel of the first `max_images`
+    images) of each initial prediction per scale (deep supervision, after upsampling to the label) and of
+    the final prediction: one row per task, columns "1/2" … (the scale's stride) and "final" (NaN for an
+    auxiliary task, which has none)."""
+    sums: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for sample, outputs in _split_outputs(model, dataset, max_images, batch_size):
+        deep = outputs["deep"]
+        if not deep:
+            raise ValueError("scale_errors: this model has no per-scale predictions (out['deep'] is empty)")
+        size = _size(sample)
+        for task in _dense_tasks(sample, deep[0], tasks):
+            maps = [(f"1/{size[0] // scale[task].shape[-2]}", scale[task][0]) for scale in deep]
+            maps += [("final", outputs[task][0])] if task in outputs else []
+            for name, pred in maps:
+                error = error_map(task, pred, sample[task])
+                valid = np.isfinite(error)
+                sums[task, name] = sums.get((task, name), 0.0) + float(error[valid].sum())
+                counts[task, name] = counts.get((task, name), 0) + int(valid.sum())
+    table = pd.Series({k: sums[k] / max(counts[k], 1) for k in sums}).unstack()
+    order = sorted((c for c in table.columns if c != "final"), key=lambda c: int(c.split("/")[1]))
+    rows = list(dict.fromkeys(task for task, _ in sums))  # the tasks in the model's order
+    return table.reindex(index=rows, columns=order + ["final"])
+
+
 def _dense_tasks(sample: dict, outputs: dict, tasks=None) -> list[str]:
     """The dense tasks that have both a prediction and a label (in the order asked)."""
     return [t for t in (DENSE_TASKS if tasks is None else tasks) if t in DENSE_TASKS and t in outputs

@@ -439,6 +439,52 @@ def annotation_coverage(datasets: dict, max_samples: int | None = None) -> pd.Da
     return pd.DataFrame(rows).T
 
 
+def fully_annotated(dataset, max_samples: int | None = None) -> float:
+    """The share of samples that keep every auxiliary annotation (depth, normals and scene): what a
+    loss needing all three at once could train on. Each is dropped independently (`missing_fraction`),
+    so the share falls as the product of the three survival rates, faster than any one of them."""
+    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    kept = 0
+    for i in range(n):
+        raw = dataset.raw(i)
+        kept += bool(np.asarray(raw["depth"]).any() and np.asarray(raw["normals"]).any()
+                     and int(raw["scene"]) >= 0)
+    return kept / n
+
+
+def same_holes(first, second, max_samples: int | None = None) -> tuple[int, int]:
+    """(samples that keep their depth in both splits, those among them whose hole masks are identical):
+    two sensor-domain versions of the same scenes (e.g. two `missing_fraction`s) that drill the same
+    holes differ only in which whole annotations they drop."""
+    n = min(len(first), len(second)) if max_samples is None else min(max_samples, len(first), len(second))
+    compared = identical = 0
+    for i in range(n):
+        a, b = np.asarray(first.raw(i)["depth"]), np.asarray(second.raw(i)["depth"])
+        if a.any() and b.any():
+            compared += 1
+            identical += bool(np.array_equal(a == 0, b == 0))
+    return compared, identical
+
+
+def furniture_table(stats: dict, dataset) -> pd.DataFrame:
+    """Per detection class, from `benchmark_statistics`'s tables: boxes per image, the mean box area and
+    pixels of a boxed object (in pixels), its fill (object pixels / box area, %: thin objects fill
+    little of their box) and the class's share of all pixels of the split (%). Sorted by box area."""
+    objects, pixels = stats["objects"], stats["pixels"]
+    boxed = objects[objects["boxed"]]
+    classes = [c for c in dataset.det_classes if c in pixels]
+    grouped = boxed.groupby("class")
+    table = pd.DataFrame({
+        "boxes per image": grouped.size().reindex(classes, fill_value=0) / max(len(pixels), 1),
+        "box area (px)": grouped["box_area"].mean().reindex(classes),
+        "object pixels": grouped["pixels"].mean().reindex(classes),
+        "fill (%)": (boxed["pixels"] / boxed["box_area"] * 100).groupby(boxed["class"]).mean()
+        .reindex(classes),
+        "pixel share (%)": pixels[classes].mean() * 100,
+    })
+    return table.sort_values("box area (px)")
+
+
 def _binned(ax, x, y, width: float, stat: str, **style) -> None:
     """Plot stat(y) per bin of x (bins of `width`), skipping bins with too few pixels to trust."""
     table = y.groupby((x // width) * width + width / 2).agg([stat, "size"])

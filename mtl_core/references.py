@@ -10,7 +10,9 @@ scored on the validation split by the same meters as the networks (`metrics.Metr
 - depth: the mean training depth of each pixel position;
 - normals: the mean training normal of each pixel position (normalised);
 - edge / saliency: the training frequency of an edge (salient) pixel at each position, as a probability;
-- scene: the most frequent scene class.
+- scene: the most frequent scene class;
+- detection: for every class, its mean training box (xyxy), scored by the class's share of the
+  training boxes — the same boxes on every image, so mAP measures only where objects usually are.
 """
 
 from __future__ import annotations
@@ -25,16 +27,24 @@ from .tasks import make_tasks
 TRIVIAL = {"semseg": "per-pixel class prior", "human_parts": "per-pixel class prior",
            "depth": "per-pixel mean depth", "normals": "per-pixel mean normal",
            "edge": "per-pixel edge frequency", "sal": "per-pixel saliency frequency",
-           "scene": "most frequent scene"}
+           "scene": "most frequent scene", "detection": "per-class mean training box"}
 
 
 def _statistics(dataset, tasks: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Per-pixel sums over the training split, counting only annotated pixels."""
+    """Per-pixel sums over the training split, counting only annotated pixels (detection: per-class box
+    sums)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
     for i in range(len(dataset)):
         item = dataset[i]
         for task in tasks:
+            if task == "detection":  # boxes: per-class sums of xyxy and counts
+                boxes, labels = item["boxes"].float().reshape(-1, 4), item["labels"].long()
+                sums.setdefault("detection", {})
+                for box, c in zip(boxes, labels.tolist(), strict=True):
+                    total, n = sums["detection"].get(c, (torch.zeros(4), 0))
+                    sums["detection"][c] = (total + box, n + 1)
+                continue
             label = item[task]
             if task in ("semseg", "human_parts"):
                 classes = len(dataset.classes) if task == "semseg" else len(dataset.part_classes)
@@ -59,6 +69,10 @@ def _statistics(dataset, tasks: Iterable[str]) -> dict[str, torch.Tensor]:
             sums[task] = sums.get(task, 0) + value
     means = {}
     for task, total in sums.items():
+        if task == "detection":  # {class: (mean box, share of the training boxes)}
+            n_boxes = sum(n for _, n in total.values())
+            means[task] = {c: (box / n, n / n_boxes) for c, (box, n) in sorted(total.items())}
+            continue
         means[task] = total / counts[task].clamp_min(1) if task in counts else total
     return means
 
@@ -70,10 +84,20 @@ def trivial_metrics(train_set, val_set, tasks: Iterable[str], protocol: str = "d
     unsupported = [t for t in tasks if t not in TRIVIAL]
     if unsupported:
         raise ValueError(f"tasks: no trivial predictor for {unsupported}; supported: {list(TRIVIAL)}")
+    keys = set(train_set[0]) if len(train_set) else set()
+    missing = [t for t in tasks if ("boxes" if t == "detection" else t) not in keys]
+    if missing:
+        raise ValueError(f"tasks: the training split annotates no {missing}")
     stats = _statistics(train_set, tasks)
     outputs = {}
     for task, mean in stats.items():
-        if task in ("semseg", "human_parts", "scene"):
+        if task == "detection":  # one box per class, the same on every image (DetectionMeter's format)
+            classes = list(mean)
+            boxes = torch.stack([mean[c][0] for c in classes]) if classes else torch.zeros(0, 4)
+            outputs[task] = {"boxes": boxes,
+                             "scores": torch.tensor([mean[c][1] for c in classes]),
+                             "labels": torch.tensor(classes, dtype=torch.long)}
+        elif task in ("semseg", "human_parts", "scene"):
             outputs[task] = torch.log(mean + 1e-6)  # logits whose argmax is the most frequent class
         elif task in ("edge", "sal"):
             outputs[task] = torch.logit(mean.clamp(1e-4, 1 - 1e-4))  # the meters apply a sigmoid
@@ -85,5 +109,6 @@ def trivial_metrics(train_set, val_set, tasks: Iterable[str], protocol: str = "d
     for start in range(0, len(val_set), batch_size):
         batch = collate_batch([val_set[i] for i in range(start, min(start + batch_size, len(val_set)))])
         n = len(batch["image"])
-        suite.update({t: o.expand(n, *o.shape) for t, o in outputs.items()}, batch)
+        suite.update({t: [o] * n if t == "detection" else o.expand(n, *o.shape) for t, o in outputs.items()},
+                     batch)
     return suite.compute()

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .data.cache import atomic_write, file_lock
-from .train import TrainConfig, distributed_context, fit, make_dataset, validate
+from .train import TrainConfig, distributed_context, fit, make_dataset, resolved_precision, validate
 
 
 def default_runs_root() -> Path:
@@ -56,6 +56,11 @@ def config_hash(config: TrainConfig) -> str:
     values = {**config.to_dict(), "store_version": STORE_VERSION}
     if config.model in MODEL_VERSIONS:
         values["model_version"] = MODEL_VERSIONS[config.model]
+    # "auto" resolves per machine (bf16 autocast on a GPU that has it, fp32 on a CPU): what a run trains
+    # at is part of what it is, so one machine's bf16 run is never read as another's fp32 run. fp32 stays
+    # out of the hash, which keeps every fp32 run's hash as it was.
+    if resolved_precision(config.precision) != "fp32":
+        values["resolved_precision"] = resolved_precision(config.precision)
     blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

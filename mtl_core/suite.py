@@ -47,6 +47,7 @@ NOTEBOOK_DIR = PROJECT / "notebooks"
 DEPENDS = {
     "00_data_tour": [],
     "01_train": [],
+    "01b_sharing": [],  # reads only stored runs, which the pool trains before any notebook
     "02_task_affinity_per_scale": [],
     "03_mtinet_ablation": [],
     "04_rock_ablation": [],

@@ -186,6 +186,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if supported else None
 
 
+def resolved_precision(precision: str, device: torch.device | None = None) -> str:
+    """"fp32" or "bf16": what a run with `precision` trains at on this machine (its default device)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if autocast_dtype(precision, device) == torch.bfloat16 else "fp32"
+
+
 def describe_precision(precision: str = "auto", device: torch.device | None = None) -> str:
     """What `precision` resolves to on this machine, and why (printed by every run and the suite)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

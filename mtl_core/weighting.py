@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.optimize import minimize
 
@@ -565,3 +566,19 @@ def build_weighting(name: str, tasks: list[str], **options) -> Weighting:
     if name not in WEIGHTINGS:
         raise ValueError(f"weighting={name!r}: unknown; choose from {list(WEIGHTINGS)}")
     return WEIGHTINGS[name](tasks, **options)
+
+
+def weight_summary(history: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """What a run's weighting gave each task over training, from its history (the per-epoch mean weight
+    `weight/<task>` the trainer records): a DataFrame with the mean over epochs, the last epoch's weight
+    and each task's share (%) of the summed mean weights. The weights multiply the static task weights,
+    so a share well below 1/T means the method turned that task down relative to a plain sum."""
+    columns = {t: f"weight/{t}" for t in tasks}
+    missing = [c for c in columns.values() if c not in history]
+    if missing:
+        raise ValueError(f"history has no {missing}: not a run that records its weights")
+    weights = history.sort_values("epoch")[list(columns.values())]
+    weights.columns = list(columns)
+    mean = weights.mean()
+    return pd.DataFrame({"mean weight": mean, "last epoch": weights.iloc[-1],
+                         "share (%)": mean / mean.sum() * 100})

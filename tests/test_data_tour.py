@@ -176,6 +176,42 @@ def test_annotation_coverage_counts_dropped_annotations(render_ds, tmp_path):
     assert 0 < table.loc["kept", "depth pixels missing"] < table.loc["kept", "normal pixels missing"] < 1
 
 
+def test_fully_annotated_counts_samples_that_keep_all_three_auxiliary_annotations(render_ds, tmp_path):
+    dropped = SyntheticScenes("val", 4, domain="sensor", missing_fraction=1.0, root=tmp_path, workers=1)
+    kept = SyntheticScenes("val", 4, domain="sensor", missing_fraction=0.0, root=tmp_path, workers=1)
+    some = SyntheticScenes("val", 12, domain="sensor", missing_fraction=0.5, root=tmp_path, workers=1)
+    assert plots.fully_annotated(render_ds) == plots.fully_annotated(kept) == 1.0
+    assert plots.fully_annotated(dropped) == 0.0
+    raws = [some.raw(i) for i in range(len(some))]
+    direct = np.mean([r["depth"].any() and r["normals"].any() and r["scene"] >= 0 for r in raws])
+    assert plots.fully_annotated(some) == pytest.approx(direct)
+    assert plots.fully_annotated(some, max_samples=1) in (0.0, 1.0)
+
+
+def test_the_missing_fraction_drops_annotations_but_drills_the_same_holes(tmp_path):
+    kept = SyntheticScenes("val", 6, domain="sensor", missing_fraction=0.0, root=tmp_path, workers=1)
+    some = SyntheticScenes("val", 6, domain="sensor", missing_fraction=0.5, root=tmp_path, workers=1)
+    compared, identical = plots.same_holes(kept, some)
+    with_depth = sum(bool(some.raw(i)["depth"].any()) for i in range(len(some)))
+    assert compared == with_depth and identical == compared
+    render = SyntheticScenes("val", 6, root=tmp_path, workers=1)  # no holes at all: masks differ
+    assert plots.same_holes(kept, render, max_samples=3) == (3, 0)
+
+
+def test_furniture_table_matches_the_boxes_and_pixels_of_the_split(render_ds):
+    _, stats = plots.benchmark_statistics(render_ds)
+    table = plots.furniture_table(stats, render_ds)
+    assert set(table.index) == set(render_ds.det_classes)
+    labels = np.concatenate([render_ds.raw(i)["labels"] for i in range(len(render_ds))])
+    assert table["boxes per image"].sum() * len(render_ds) == pytest.approx(len(labels))
+    sized = table["box area (px)"].dropna()
+    assert list(sized) == sorted(sized)  # sorted by box area, smallest first
+    assert ((table["fill (%)"].dropna() > 0) & (table["fill (%)"].dropna() <= 100)).all()
+    k = render_ds.classes.index("chair")
+    share = np.mean([np.mean(render_ds.raw(i)["semseg"] == k) for i in range(len(render_ds))]) * 100
+    assert table.loc["chair", "pixel share (%)"] == pytest.approx(share)
+
+
 def test_sensor_statistics_pairs_the_same_pixels(render_ds, sensor_ds):
     fig, df = plots.sensor_statistics(render_ds, sensor_ds, max_samples=8)
     assert len(fig.axes) == 3

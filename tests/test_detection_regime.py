@@ -173,3 +173,21 @@ def test_priors_cover_the_benchmark_validation_objects(tmp_path):
     stats = ds.box_statistics(boxes, SIZE)
     assert 0.15 < stats.loc["50%", "size / shorter side"] < 0.4
     assert stats.loc["5%", "aspect ratio w/h"] < 0.5 < 1.5 < stats.loc["95%", "aspect ratio w/h"]
+
+
+def test_quick_and_full_train_the_detectors_on_one_schedule():
+    """04's quick profile is full's main comparison at the same schedule (one seed): the same runs, so a
+    quick run is reused by full and the two profiles never rank detectors trained for different lengths.
+    The dense studies' data size does not leak into the detectors' (2000 images) or back."""
+    from mtl_core import experiments
+    from mtl_core.runs import config_hash
+
+    quick = experiments.planned_runs("04_rock_ablation", "quick")
+    full = experiments.planned_runs("04_rock_ablation", "full")
+    assert sorted(quick) == ["ROCK", "SSD", "flat MTL"]
+    for label, configs in quick.items():
+        assert config_hash(configs[0]) == config_hash(full[label][0])
+        assert configs[0].num_train == 2000 and configs[0].epochs == 16 and configs[0].size == SIZE
+    assert len(full["SSD"]) == 3 and len(full) > len(quick)
+    dense = experiments.base_config("quick", model="mtl_baseline")
+    assert dense.num_train == experiments.study("quick")["num_train"] != 2000

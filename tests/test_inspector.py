@@ -218,6 +218,62 @@ def test_detection_figure_draws_truth_detections_and_scene(rock_outputs):
     assert len(scene.patches) == 6 and "label: s2" in scene.get_title()
 
 
+# ---------------------------------------------------------------- errors over a split
+
+
+class Constant(torch.nn.Module):
+    """A "model" that predicts the same maps for every image."""
+
+    def __init__(self, outputs: dict):
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, images):
+        return {t: v.expand(len(images), *v.shape[1:]) for t, v in self.outputs.items()}
+
+
+def test_boundary_mask_grows_the_edge_label_by_the_radius_and_ignores_missing_labels():
+    edge = torch.zeros(1, 9, 9)
+    edge[0, 4, 4] = 1
+    edge[0, 0, 0] = 255  # missing, not an edge
+    mask = inspector.boundary_mask(edge, radius=1)
+    assert mask.sum() == 9 and mask[3:6, 3:6].all()
+    assert inspector.boundary_mask(edge[0], radius=2).sum() == 25
+
+
+def test_boundary_errors_split_the_error_between_edges_and_elsewhere():
+    edge = torch.zeros(1, 16, 16)
+    edge[0, 8, :] = 1  # a horizontal boundary: rows 7-9 are within 1 px of it
+    depth = torch.full((1, 16, 16), 2.0)
+    depth[0, :, 0] = 0  # a column without depth: left out of both groups
+    near = inspector.boundary_mask(edge, 1)
+    pred = torch.full((1, 1, 16, 16), 2.0)
+    pred[0, 0][torch.from_numpy(near)] = 2.5  # wrong by 0.5 m near the boundary, exact elsewhere
+    samples = [{"image": torch.zeros(3, 16, 16), "depth": depth, "edge": edge} for _ in range(3)]
+    table = inspector.boundary_errors(Constant({"depth": pred}), samples, "depth", batch_size=2)
+    assert list(table.index) == ["boundary", "elsewhere"]
+    assert table.iloc[:, 0].tolist() == pytest.approx([0.5, 0.0])
+    assert table["pixels (%)"].tolist() == pytest.approx([100 * 3 / 16, 100 * 13 / 16])
+    assert table["error (%)"].tolist() == pytest.approx([100.0, 0.0])
+    with pytest.raises(ValueError, match="normals"):
+        inspector.boundary_errors(Constant({"depth": pred}), samples, "normals")
+
+
+def test_scale_errors_pool_every_scale_and_the_final_prediction_over_the_split():
+    torch.manual_seed(0)
+    model = build_model("mtinet", TASKS, backbone_options=SMALL, auxiliary_tasks=("edge",)).eval()
+    samples = [make_sample(seed=k) for k in range(3)]
+    table = inspector.scale_errors(model, samples, batch_size=2)
+    assert list(table.index) == list(TASKS)
+    assert list(table.columns) == ["1/4", "1/8", "1/16", "1/32", "final"]
+    assert math.isnan(table.loc["edge", "final"]) and not table.drop(index="edge").isna().any().any()
+    errors = [inspector.error_map("depth", inspector.predict(model, s)["deep"][1]["depth"][0], s["depth"])
+              for s in samples]  # scale 1: stride 8
+    assert table.loc["depth", "1/8"] == pytest.approx(np.nanmean(np.stack(errors)), rel=1e-5)
+    with pytest.raises(ValueError, match="per-scale"):
+        inspector.scale_errors(build_model("mtl_baseline", TASKS, backbone_options=SMALL), samples)
+
+
 # ---------------------------------------------------------------- stored runs and the widget
 
 

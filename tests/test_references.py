@@ -38,5 +38,38 @@ def test_constant_depth_rmse_is_the_spread_around_the_per_pixel_training_mean(da
 
 
 def test_unknown_task_is_refused_by_name(data):
-    with pytest.raises(ValueError, match="detection"):
-        trivial_metrics(*data, ("depth", "detection"))
+    with pytest.raises(ValueError, match="normal'"):  # misspelt
+        trivial_metrics(*data, ("depth", "normal"))
+    with pytest.raises(ValueError, match="human_parts"):  # a task the dataset does not annotate
+        trivial_metrics(*data, ("depth", "human_parts"))
+
+
+class _Boxes:
+    """Two images of two classes: a fake dataset in the synthetic items' format (xyxy pixels, 0-based)."""
+
+    det_classes = ("chair", "lamp")
+
+    def __init__(self):
+        import torch
+
+        self.items = [{"image": torch.zeros(3, 64, 64),
+                       "boxes": torch.tensor([[10., 10., 30., 30.], [0., 0., 8., 8.]]),
+                       "labels": torch.tensor([0, 1])},
+                      {"image": torch.zeros(3, 64, 64),
+                       "boxes": torch.tensor([[10., 10., 30., 30.], [40., 40., 60., 60.]]),
+                       "labels": torch.tensor([0, 1])}]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_trivial_detector_puts_each_class_mean_box_on_every_image():
+    # class 0: the same box on both images -> its mean box is exact: AP@0.5 = 100.
+    # class 1: boxes at opposite corners -> mean box [20, 20, 34, 34] overlaps neither with IoU >= 0.5
+    # (IoU with [40,40,60,60] is 0; with [0,0,8,8] is 0): AP = 0. mAP@0.5 = (100 + 0) / 2.
+    data = _Boxes()
+    m = trivial_metrics(data, data, ("detection",))["detection"]
+    assert m["map50"] == pytest.approx(50.0, abs=0.01)

@@ -233,3 +233,15 @@ def test_run_hash_versions_the_detectors_only(monkeypatch):
     before = config_hash(rock)
     monkeypatch.setitem(MODEL_VERSIONS, "rock", MODEL_VERSIONS["rock"] + 1)
     assert config_hash(rock) != before and config_hash(dense) == "178651d833c4"
+
+
+def test_run_hash_records_the_resolved_precision_only_when_it_is_not_fp32(monkeypatch):
+    """"auto" is fp32 on a CPU and bf16 autocast on a bf16 GPU: the same config must not share one
+    stored run between the two, while every fp32 run keeps the hash it had."""
+    import mtl_core.train as train
+
+    config = TrainConfig()  # precision "auto"
+    assert train.resolved_precision("fp32") == "fp32" and config_hash(config) == "48f5758db914"
+    monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: torch.bfloat16)
+    assert train.resolved_precision("auto") == "bf16"
+    assert config_hash(config) != "48f5758db914"

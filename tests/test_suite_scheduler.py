@@ -27,9 +27,13 @@ def test_plan_declares_shared_runs_once(tmp_path):
                 run = next(r for r in planned if r.directory == run_directory(config, tmp_path))
                 assert (notebook, label) in run.needed_by
     # 02, 03 and 05 share the single-task networks (Δm's reference, RSA's networks)
-    singles = [r for r in planned if r.config.model == "single_task"]
+    singles = [r for r in planned if r.config.model == "single_task" and r.config.seed == 0]
     assert sorted(r.config.tasks for r in singles) == sorted((t,) for t in experiments.DENSE_TASKS)
     assert all(_users(r) == set(DENSE) for r in singles)
+    # 02 alone trains each task a second time (seed + 1: RSA's same-task ceiling)
+    second = [r for r in planned if r.config.model == "single_task" and r.config.seed == 1]
+    assert sorted(r.config.tasks for r in second) == sorted((t,) for t in experiments.DENSE_TASKS)
+    assert all(_users(r) == {"02_task_affinity_per_scale"} for r in second)
     # 03's MTL baseline is 05's fixed-weight method
     baseline = next(r for r in planned if ("05_loss_weighting", "fixed") in r.needed_by)
     assert ("03_mtinet_ablation", "MTL baseline") in baseline.needed_by

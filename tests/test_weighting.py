@@ -5,6 +5,7 @@ task without labels)."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from mtl_core.weighting import (
     project_conflicting,
     reached_parameters,
     task_gradients,
+    weight_summary,
 )
 
 TASKS = ["a", "b"]
@@ -490,3 +492,15 @@ def test_unknown_names_and_options_are_rejected():
         build_weighting("magic", TASKS)
     with pytest.raises(ValueError, match=r"weighting='dwa'.*\['alpha'\]"):
         build_weighting("dwa", TASKS, alpha=1.5)
+
+
+def test_weight_summary_averages_the_recorded_weights_over_epochs():
+    history = pd.DataFrame({"epoch": [2, 1, 3], "weight/a": [1.0, 3.0, 2.0], "weight/b": [0.5, 1.0, 0.0],
+                            "loss/a": [0.1, 0.2, 0.3]})
+    table = weight_summary(history, TASKS)
+    assert list(table.index) == TASKS
+    assert table["mean weight"].tolist() == pytest.approx([2.0, 0.5])
+    assert table["last epoch"].tolist() == pytest.approx([2.0, 0.0])  # epoch 3, whatever the row order
+    assert table["share (%)"].tolist() == pytest.approx([80.0, 20.0])
+    with pytest.raises(ValueError, match="weight/c"):
+        weight_summary(history, ["a", "c"])

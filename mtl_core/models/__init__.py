@@ -11,7 +11,7 @@ Output contract of every model, `out = model(images)` with images (B, 3, H, W), 
 """
 
 # importing the family modules registers their models
-from . import baselines, mtinet, padnet, rock  # noqa: F401
+from . import baselines, mtan, mtinet, padnet, rock  # noqa: F401
 from .backbones import BACKBONES, build_backbone
 from .registry import build_model, check_input, list_models, register_model
 from .summary import model_summary
