@@ -9,6 +9,7 @@
     boot.metrics(result)                                 # {task: (200,) primary metric}
     deltas = boot.deltas(results, singles, tasks)        # {variant: {"Δm": (200,), task: (200,)}}
     significance.compare([dm_a], [dm_b], "A", "B", boot_a=deltas["A"]["Δm"], boot_b=deltas["B"]["Δm"])
+    verdict([dm_a], [dm_b], "A", "B", deltas["A"]["Δm"], deltas["B"]["Δm"])  # the same, as notebooks call it
 
 One seed measures no spread over training runs; what it can still measure is how much a number depends on
 which validation images were drawn. `ImageMetrics` predicts every validation image once and keeps, per
@@ -27,11 +28,13 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from . import significance
 from .metrics import DetectionMeter, Meter, delta_m, make_meter, primary_metrics
 from .runs import RunResult
 from .tasks import TaskSpec, make_tasks
@@ -216,3 +219,25 @@ class DenseBootstrap:
                            {t: {names[t][0]: v} for t, v in reference.items()}, specs, names)
         except ValueError:  # a zero single-task metric (an untrained network): no relative change
             return math.nan
+
+
+def verdict(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str,
+            boot_a: Sequence[float] | None = None, boot_b: Sequence[float] | None = None,
+            higher_is_better: bool = True) -> significance.Verdict | None:
+    """`significance.compare` of the per-seed values `a` vs `b` (Δm, a task's Δ or a metric), with the
+    bootstrap replicates of both (`DenseBootstrap.deltas` or `.metrics`; None with several seeds).
+    None when a per-seed value is not finite (a Δ against a single-task metric of 0, as in the ci
+    profile's untrained networks). The replicates are used only when both sides have them, every one
+    finite; otherwise a one-seed gap reads "no spread measured". With several seeds on both sides the
+    rule is Welch's t over the seeds and the replicates play no part. A side that is one exact value
+    repeated (a reference) raises no scipy warning about identical data."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return None
+    usable = (boot_a is not None and boot_b is not None
+              and np.isfinite(np.asarray(boot_a, dtype=float)).all()
+              and np.isfinite(np.asarray(boot_b, dtype=float)).all())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        return significance.compare(a, b, name_a, name_b, higher_is_better,
+                                    boot_a=boot_a if usable else None, boot_b=boot_b if usable else None)

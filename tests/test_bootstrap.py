@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl_core.bootstrap import DenseBootstrap, ImageMetrics, resample_counts
+from mtl_core.bootstrap import DenseBootstrap, ImageMetrics, resample_counts, verdict
 from mtl_core.metrics import make_meter
 from mtl_core.models import build_model
 from mtl_core.tasks import make_tasks
@@ -120,3 +120,21 @@ def test_resamples_are_counts_fixed_by_the_seed():
 def test_replicates_must_be_positive():
     with pytest.raises(ValueError, match="replicates"):
         DenseBootstrap(0)
+
+
+def test_verdict_uses_the_replicates_with_one_seed_and_welch_with_several(recwarn):
+    rng = np.random.default_rng(0)
+    boot_a, boot_b = 2.0 + 0.1 * rng.standard_normal(200), 1.0 + 0.1 * rng.standard_normal(200)
+    one = verdict([2.0], [1.0], "A", "B", boot_a, boot_b)
+    assert one.separable and one.better == "A" and one.method.startswith("bootstrap")
+    lower = verdict([2.0], [1.0], "A", "B", boot_a, boot_b, higher_is_better=False)
+    assert lower.better == "B"
+    # no replicates, or a NaN among them (a single-task metric of 0 on a resample): no spread measured
+    for reps in (None, np.r_[boot_b[:-1], np.nan]):
+        v = verdict([2.0], [1.0], "A", "B", boot_a, reps)
+        assert not v.separable and "no spread measured" in v.text
+    assert verdict([np.nan], [1.0], "A", "B", boot_a, boot_b) is None  # an undefined Δ: no verdict
+    # several seeds: Welch's t over them, the replicates ignored; an exact reference raises no warning
+    several = verdict([2.0, 2.1, 1.9], [0.3, 0.3, 0.3], "A", "reference", boot_a, np.zeros(200))
+    assert several.separable and several.method.startswith("Welch")
+    assert not [w for w in recwarn if "Precision loss" in str(w.message)]
