@@ -550,7 +550,20 @@ def trivial_results(config: TrainConfig, tasks: Iterable[str]) -> dict[str, list
     val = make_dataset(reference, "val", reference.val_domain)
     values = trivial_metrics(train, val, tasks, protocol=eval_protocol(reference))
     flat = {f"{t}/{m}": v for t, ms in values.items() for m, v in ms.items()}
-    return {TRIVIAL_LABEL: [RunResult(reference, Path("."), flat, pd.DataFrame(), trained=False)]}
+    result = _TrivialResult(reference, Path(TRIVIAL_LABEL), flat, pd.DataFrame(), trained=False)
+    return {TRIVIAL_LABEL: [result]}
+
+
+class _TrivialResult(RunResult):
+    """The trivial predictor's RunResult: its "model" is refitted on the training split (nothing is
+    stored), so it can be rescored like a network, e.g. by a one-seed bootstrap (bootstrap.DenseBootstrap)."""
+
+    def load_model(self):
+        from .references import TrivialPredictor
+        from .train import make_dataset
+
+        return TrivialPredictor(make_dataset(self.config, "train", self.config.train_domains[0]),
+                                self.config.tasks)
 
 
 def _delta_m_or_nan(results, baselines, specs, metrics) -> float:

@@ -77,38 +77,49 @@ def _statistics(dataset, tasks: Iterable[str]) -> dict[str, torch.Tensor]:
     return means
 
 
+class TrivialPredictor(torch.nn.Module):
+    """The trivial predictors (module doc) as a model: whatever the images, the same outputs, in the
+    format of a network's (`{task: (N, C, H, W) or (N, C)}`; detection: one decoded box list per image).
+    As a model it can be scored like any network, e.g. on bootstrap resamples (`bootstrap.ImageMetrics`)."""
+
+    def __init__(self, train_set, tasks: Iterable[str]):
+        super().__init__()
+        tasks = tuple(tasks)
+        unsupported = [t for t in tasks if t not in TRIVIAL]
+        if unsupported:
+            raise ValueError(f"tasks: no trivial predictor for {unsupported}; supported: {list(TRIVIAL)}")
+        keys = set(train_set[0]) if len(train_set) else set()
+        missing = [t for t in tasks if ("boxes" if t == "detection" else t) not in keys]
+        if missing:
+            raise ValueError(f"tasks: the training split annotates no {missing}")
+        self.outputs = {}
+        for task, mean in _statistics(train_set, tasks).items():
+            if task == "detection":  # one box per class, the same on every image (DetectionMeter's format)
+                classes = list(mean)
+                boxes = torch.stack([mean[c][0] for c in classes]) if classes else torch.zeros(0, 4)
+                self.outputs[task] = {"boxes": boxes, "scores": torch.tensor([mean[c][1] for c in classes]),
+                                      "labels": torch.tensor(classes, dtype=torch.long)}
+            elif task in ("semseg", "human_parts", "scene"):
+                self.outputs[task] = torch.log(mean + 1e-6)  # logits whose argmax is the most frequent class
+            elif task in ("edge", "sal"):
+                self.outputs[task] = torch.logit(mean.clamp(1e-4, 1 - 1e-4))  # the meters apply a sigmoid
+            else:
+                self.outputs[task] = mean
+
+    def forward(self, images: torch.Tensor) -> dict:
+        n = len(images)
+        return {t: [o] * n if t == "detection" else o.expand(n, *o.shape) for t, o in self.outputs.items()}
+
+
 def trivial_metrics(train_set, val_set, tasks: Iterable[str], protocol: str = "default",
                     batch_size: int = 32) -> dict[str, dict[str, float]]:
     """{task: metrics} of the trivial predictors (module doc) fitted on `train_set`, scored on `val_set`."""
-    tasks = tuple(tasks)
-    unsupported = [t for t in tasks if t not in TRIVIAL]
-    if unsupported:
-        raise ValueError(f"tasks: no trivial predictor for {unsupported}; supported: {list(TRIVIAL)}")
-    keys = set(train_set[0]) if len(train_set) else set()
-    missing = [t for t in tasks if ("boxes" if t == "detection" else t) not in keys]
-    if missing:
-        raise ValueError(f"tasks: the training split annotates no {missing}")
-    stats = _statistics(train_set, tasks)
-    outputs = {}
-    for task, mean in stats.items():
-        if task == "detection":  # one box per class, the same on every image (DetectionMeter's format)
-            classes = list(mean)
-            boxes = torch.stack([mean[c][0] for c in classes]) if classes else torch.zeros(0, 4)
-            outputs[task] = {"boxes": boxes,
-                             "scores": torch.tensor([mean[c][1] for c in classes]),
-                             "labels": torch.tensor(classes, dtype=torch.long)}
-        elif task in ("semseg", "human_parts", "scene"):
-            outputs[task] = torch.log(mean + 1e-6)  # logits whose argmax is the most frequent class
-        elif task in ("edge", "sal"):
-            outputs[task] = torch.logit(mean.clamp(1e-4, 1 - 1e-4))  # the meters apply a sigmoid
-        else:
-            outputs[task] = mean
-    suite = MetricSuite(make_tasks(tasks, dataset=train_set), protocol=protocol)
     from .data.collate import collate_batch
 
+    tasks = tuple(tasks)
+    predictor = TrivialPredictor(train_set, tasks)
+    suite = MetricSuite(make_tasks(tasks, dataset=train_set), protocol=protocol)
     for start in range(0, len(val_set), batch_size):
         batch = collate_batch([val_set[i] for i in range(start, min(start + batch_size, len(val_set)))])
-        n = len(batch["image"])
-        suite.update({t: [o] * n if t == "detection" else o.expand(n, *o.shape) for t, o in outputs.items()},
-                     batch)
+        suite.update(predictor(batch["image"]), batch)
     return suite.compute()

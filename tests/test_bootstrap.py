@@ -138,3 +138,21 @@ def test_verdict_uses_the_replicates_with_one_seed_and_welch_with_several(recwar
     several = verdict([2.0, 2.1, 1.9], [0.3, 0.3, 0.3], "A", "reference", boot_a, np.zeros(200))
     assert several.separable and several.method.startswith("Welch")
     assert not [w for w in recwarn if "Precision loss" in str(w.message)]
+
+
+def test_the_trivial_predictor_is_a_model_the_bootstrap_scores_like_any_network(tmp_path):
+    """The trivial predictor (references.TrivialPredictor) scored by ImageMetrics on the full validation
+    set gives exactly references.trivial_metrics; on a resample it changes, as a network's score does."""
+    from mtl_core.data.synthetic import SyntheticScenes
+    from mtl_core.references import TrivialPredictor, trivial_metrics
+
+    tasks = ("semseg", "depth", "normals", "edge")
+    train = SyntheticScenes("train", 8, root=tmp_path, workers=1, progress=False)
+    val = SyntheticScenes("val", 5, root=tmp_path, workers=1, progress=False)
+    scores = ImageMetrics(TrivialPredictor(train, tasks), val, make_tasks(tasks, dataset=train), batch_size=2)
+    exact = trivial_metrics(train, val, tasks)
+    once = scores.compute()
+    for t in tasks:
+        for name, value in exact[t].items():
+            assert once[t][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (t, name)
+    assert scores.compute([3, 0, 0, 1, 1])["depth"]["rmse"] != pytest.approx(once["depth"]["rmse"])
