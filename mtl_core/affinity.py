@@ -606,20 +606,13 @@ def plot_pairs_across_scales(pairs: pd.DataFrame, ylabel: str, low: pd.DataFrame
         if low is not None and high is not None:
             ax.fill_between(x, low.loc[pair].values, high.loc[pair].values, color=line.get_color(),
                             alpha=0.15)
-    scales = [_scale_index(col, i) for i, col in enumerate(pairs.columns)]
-    if strides is None:
-        ax.set_xticks(x, [str(s) for s in scales])
-        ax.set_xlabel("scale (0 = the backbone's finest map)")
-    else:
-        ax.set_xticks(x, [_stride(s, strides) for s in scales])
-        ax.set_xlabel("scale (backbone stride)")
+    _scale_axis(ax, [_scale_index(col, i) for i, col in enumerate(pairs.columns)], strides)
     ax.set_ylabel(ylabel)
     ax.axhline(0, color="grey", lw=0.8)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     save_figure(fig, save_to)
     return fig
-
 
 
 def _scale_axis(ax, scales: Sequence[int], strides: Sequence[int] | None) -> None:

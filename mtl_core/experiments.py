@@ -19,6 +19,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -540,30 +541,31 @@ TRIVIAL_LABEL = "trivial predictor (no image)"
 
 def trivial_results(config: TrainConfig, tasks: Iterable[str]) -> dict[str, list[RunResult]]:
     """{TRIVIAL_LABEL: [a RunResult]} holding `references.trivial_metrics` on the config's data: a
-    reference row for `metrics_table` / `delta_m_table` (what a predictor that ignores the image gets)."""
-    from .references import trivial_metrics
+    reference row for `metrics_table` / `delta_m_table` (what a predictor that ignores the image gets).
+    Its `load_model()` is the fitted predictor, so it can be rescored like a network (e.g. by a one-seed
+    bootstrap, bootstrap.DenseBootstrap)."""
+    from .references import TrivialPredictor
     from .train import make_dataset
 
     tasks = tuple(tasks)
     reference = TrainConfig.from_dict({**config.to_dict(), "tasks": tasks})
-    train = make_dataset(reference, "train", reference.train_domains[0])
-    val = make_dataset(reference, "val", reference.val_domain)
-    values = trivial_metrics(train, val, tasks, protocol=eval_protocol(reference))
+    predictor = TrivialPredictor(make_dataset(reference, "train", reference.train_domains[0]), tasks)
+    values = predictor.metrics(make_dataset(reference, "val", reference.val_domain),
+                               protocol=eval_protocol(reference))
     flat = {f"{t}/{m}": v for t, ms in values.items() for m, v in ms.items()}
-    result = _TrivialResult(reference, Path(TRIVIAL_LABEL), flat, pd.DataFrame(), trained=False)
+    result = _TrivialResult(reference, Path(TRIVIAL_LABEL), flat, pd.DataFrame(), trained=False,
+                            predictor=predictor)
     return {TRIVIAL_LABEL: [result]}
 
 
+@dataclass
 class _TrivialResult(RunResult):
-    """The trivial predictor's RunResult: its "model" is refitted on the training split (nothing is
-    stored), so it can be rescored like a network, e.g. by a one-seed bootstrap (bootstrap.DenseBootstrap)."""
+    """The trivial predictor's RunResult: nothing is stored, its model is the predictor itself."""
+
+    predictor: object = None  # references.TrivialPredictor
 
     def load_model(self):
-        from .references import TrivialPredictor
-        from .train import make_dataset
-
-        return TrivialPredictor(make_dataset(self.config, "train", self.config.train_domains[0]),
-                                self.config.tasks)
+        return self.predictor
 
 
 def _delta_m_or_nan(results, baselines, specs, metrics) -> float:

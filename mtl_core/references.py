@@ -105,21 +105,24 @@ class TrivialPredictor(torch.nn.Module):
                 self.outputs[task] = torch.logit(mean.clamp(1e-4, 1 - 1e-4))  # the meters apply a sigmoid
             else:
                 self.outputs[task] = mean
+        self.specs = make_tasks(tasks, dataset=train_set)
 
     def forward(self, images: torch.Tensor) -> dict:
         n = len(images)
         return {t: [o] * n if t == "detection" else o.expand(n, *o.shape) for t, o in self.outputs.items()}
 
+    def metrics(self, val_set, protocol: str = "default", batch_size: int = 32) -> dict[str, dict]:
+        """{task: metrics} on `val_set`, by the networks' meters (`metrics.MetricSuite`)."""
+        from .data.collate import collate_batch
+
+        suite = MetricSuite(self.specs, protocol=protocol)
+        for start in range(0, len(val_set), batch_size):
+            batch = collate_batch([val_set[i] for i in range(start, min(start + batch_size, len(val_set)))])
+            suite.update(self(batch["image"]), batch)
+        return suite.compute()
+
 
 def trivial_metrics(train_set, val_set, tasks: Iterable[str], protocol: str = "default",
                     batch_size: int = 32) -> dict[str, dict[str, float]]:
     """{task: metrics} of the trivial predictors (module doc) fitted on `train_set`, scored on `val_set`."""
-    from .data.collate import collate_batch
-
-    tasks = tuple(tasks)
-    predictor = TrivialPredictor(train_set, tasks)
-    suite = MetricSuite(make_tasks(tasks, dataset=train_set), protocol=protocol)
-    for start in range(0, len(val_set), batch_size):
-        batch = collate_batch([val_set[i] for i in range(start, min(start + batch_size, len(val_set)))])
-        suite.update(predictor(batch["image"]), batch)
-    return suite.compute()
+    return TrivialPredictor(train_set, tasks).metrics(val_set, protocol, batch_size)

@@ -59,8 +59,9 @@ def config_hash(config: TrainConfig) -> str:
     # "auto" resolves per machine (bf16 autocast on a GPU that has it, fp32 on a CPU): what a run trains
     # at is part of what it is, so one machine's bf16 run is never read as another's fp32 run. fp32 stays
     # out of the hash, which keeps every fp32 run's hash as it was.
-    if resolved_precision(config.precision) != "fp32":
-        values["resolved_precision"] = resolved_precision(config.precision)
+    precision = resolved_precision(config.precision)
+    if precision != "fp32":
+        values["resolved_precision"] = precision
     blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
