@@ -57,7 +57,7 @@ import torch
 from scipy.stats import rankdata
 
 from .bootstrap import resample_counts
-from .data.cache import atomic_write
+from .data.cache import atomic_write, file_lock
 from .losses import task_losses
 from .models import build_model
 from .plots import save_figure
@@ -349,21 +349,28 @@ class AffinityProbe:
         return pd.DataFrame(self.records)
 
 
+def probe_path(config: TrainConfig, every: int, root=None) -> Path:
+    """Where training_affinity stores the records of `config` measured every `every` steps."""
+    root = Path(root) if root is not None else default_runs_root()
+    return root / f"affinity-{config.model}-{config_hash(config)}-every{every}-{PROBE_VERSION}.json"
+
+
 def training_affinity(config: TrainConfig | dict, every: int = 10, root=None, progress=None) -> pd.DataFrame:
     """Train `config` (an MTL model on a stem + stages backbone: hrnet, cnn, resnet18/50) with an
     AffinityProbe and return its records; stored as `affinity-<config hash>-every<N>.json` under the
-    runs root and reused."""
+    runs root (probe_path) and reused. The suite trains it before the notebooks (experiments.planned_probes);
+    a second process asking for the same probe meanwhile waits for it instead of training it twice."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     validate(config)
-    root = Path(root) if root is not None else default_runs_root()
-    path = root / f"affinity-{config.model}-{config_hash(config)}-every{every}-{PROBE_VERSION}.json"
-    if path.exists():
-        return pd.DataFrame(json.loads(path.read_text()))
-    probe = AffinityProbe(every=every)
-    fit(config, store=None, progress=progress, step_callback=probe)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(json.dumps(probe.records).encode()))
+    path = probe_path(config, every, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.exists():
+            return pd.DataFrame(json.loads(path.read_text()))
+        probe = AffinityProbe(every=every)
+        fit(config, store=None, progress=progress, step_callback=probe)
+        atomic_write(path, lambda f: f.write(json.dumps(probe.records).encode()))
     return probe.table()
 
 

@@ -199,6 +199,11 @@ def _plan(args: argparse.Namespace) -> int:
           f"{len(planned)} distinct; {len(planned) - len(todo)} stored, {len(todo)} to train: estimated "
           f"{one_thread:.0f} min on one thread, ~{pool:.0f} min in {jobs} process(es) (suite --jobs {jobs}) "
           "if each keeps its one-thread speed")
+    from .train import describe_precision, resolved_precision
+
+    if resolved_precision("auto") != "fp32":  # the estimates are fitted to fp32 epochs (SECONDS_PER_IMAGE)
+        print(f"training here: {describe_precision()}; the estimates are fp32 times (bf16 trained the study "
+              "models 1.15-1.9x faster on an AVX512-BF16 CPU, benchmarks/speed.py --bf16)")
     for name, problem in problems.items():
         print(f"{name}: its runs could not be planned: {problem}", file=sys.stderr)
     return 0

@@ -418,7 +418,7 @@ def _plan_sharing(profile: str, seeds: Iterable[int] | None = None, dataset: str
 
 def _plan_affinity(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
                    overrides: Mapping | None = None) -> Plan:
-    # 02 also trains an MTL baseline to measure gradient affinity: outside the run store (affinity.py).
+    # 02 also trains an MTL baseline to measure gradient affinity: a probe (affinity_probe), not a run.
     # Each task's single-task network at seed and seed + 1: the second training is RSA's same-task ceiling
     common = study_common(dataset, data_dir, overrides)
     return _merge_sections(
@@ -443,7 +443,7 @@ def _plan_rock(profile: str, seeds: Iterable[int] | None = None, dataset: str = 
 
 def _plan_weighting(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
                     data_dir: str | None = None, overrides: Mapping | None = None) -> Plan:
-    # 05 also trains an MTL baseline to measure gradient cosines: outside the run store (affinity.py)
+    # 05 also measures gradient cosines on the MTL baseline: 02's probe (affinity_probe), not a run
     common = study_common(dataset, data_dir, overrides)
     return _merge_sections(*(variant_configs(v, profile, seeds, **common) for v in (
         single_task_variants(DENSE_TASKS), weighting_variants(profile), static_weight_variants(profile))))
@@ -454,6 +454,40 @@ def _plan_inspector(profile: str, seed: int = 0, dataset: str = "synthetic", dat
     del image  # which validation image is shown: no run depends on it
     common = study_common(dataset, data_dir, overrides)
     return {role: [config] for role, config in inspected_configs(profile, seed, **common).items()}
+
+
+def affinity_probe(profile: str, seed: int = 0, **common) -> tuple[TrainConfig, int]:
+    """02's gradient-affinity measurement: the MTL baseline on DENSE_TASKS trained with an
+    affinity.AffinityProbe every `affinity_every` steps. (config, every), for the notebook and its plan."""
+    config = base_config(profile, model="mtl_baseline", tasks=DENSE_TASKS, seed=seed, **common)
+    return config, study(profile)["affinity_every"]
+
+
+Probes = dict[str, tuple[TrainConfig, int]]  # {label: (config, every)}: affinity.training_affinity's inputs
+
+
+def _probes_affinity(profile: str, seed: int = 0, dataset: str = "synthetic", data_dir: str | None = None,
+                     overrides: Mapping | None = None) -> Probes:
+    return {"gradient affinity (MTL baseline)": affinity_probe(
+        profile, seed, **study_common(dataset, data_dir, overrides))}
+
+
+def _probes_weighting(profile: str, seeds: Iterable[int] | None = None, dataset: str = "synthetic",
+                      data_dir: str | None = None, overrides: Mapping | None = None) -> Probes:
+    seed = tuple(study(profile)["seeds"] if seeds is None else seeds)[0]  # the notebook's first seed
+    return {"gradient conflict (MTL baseline)": affinity_probe(
+        profile, seed, **study_common(dataset, data_dir, overrides))}
+
+
+_PROBES = {"02_task_affinity_per_scale": _probes_affinity, "05_loss_weighting": _probes_weighting}
+
+
+def planned_probes(notebook: str, profile: str, **params) -> Probes:
+    """The affinity measurements `notebook` trains (affinity.training_affinity), given the same
+    parameters as planned_runs: the suite trains them with the runs, before the notebooks."""
+    if notebook not in _PLANS:
+        raise ValueError(f"notebook {notebook!r}: no plan; choose from {list(_PLANS)}")
+    return _PROBES[notebook](profile, **params) if notebook in _PROBES else {}
 
 
 _PLANS = {"00_data_tour": _plan_data_tour, "01_train": _plan_train, "01b_sharing": _plan_sharing,

@@ -5,12 +5,13 @@ their headline tables.
     python -m mtl_core suite --profile quick [--jobs 2] [--only 03_mtinet_ablation ...]
     python -m mtl_core plan --profile full [--only ...]      # the runs it would train, without training
 
-Training first: every selected notebook declares the stored runs it needs (experiments.planned_runs);
-the suite deduplicates them by config hash, skips those already stored, and trains the others in a pool
-of `jobs` processes, longest first (estimate_seconds), each through the run store (runs.train_or_load:
-locking, resume). A run that fails is reported by name with its error and the others go on; a notebook
-that needs it fails without executing. Then the notebooks execute on the stored runs, `jobs` at a
-time: each reads its runs from the store instead of training them.
+Training first: every selected notebook declares the stored runs it needs (experiments.planned_runs,
+and the affinity probe of 02 and 05, experiments.planned_probes); the suite deduplicates them by config
+hash, skips those already stored, and trains the others in a pool of `jobs` processes, longest first
+(estimate_seconds), each through the run store (runs.train_or_load: locking, resume). A run that fails
+is reported by name with its error and the others go on; a notebook that needs it fails without
+executing. Then the notebooks execute on the stored runs, `jobs` at a time: each reads its runs from
+the store instead of training them.
 
 Each notebook writes its figures and a `summary.md` (its headline table) into its own folder
 outputs/<profile>/<notebook>/. A failing notebook is reported with its failing cell; the others still
@@ -283,6 +284,9 @@ def notebook_parameters(name: str, parameters: dict | None = None) -> dict:
 # gradients (weighting.needs_task_gradients) cost ~1.7x per step (an MGDA run: 29 s per epoch against
 # the fixed baseline's 17 s). Validation passes are left out (a few % of a run).
 SECONDS_PER_IMAGE = 0.0019
+# 02's affinity probe trains the MTL baseline and measures every 25 steps: ~7 min against ~6.4 for the
+# plain run in quick (the measurements cost the rest)
+PROBE_COST_FACTOR = 1.1
 SECONDS_PER_GMAC_IMAGE = 0.177
 TASK_GRADIENT_FACTOR = 1.7
 
@@ -318,6 +322,9 @@ class PlannedRun:
     epochs_done: int = 0  # finished epochs in the store (an interrupted run resumes after them)
     complete: bool = False  # stored: nothing to train
     seconds: float = 0.0  # estimated training time left, one thread (estimate_seconds)
+    # an affinity probe (experiments.planned_probes): trained by affinity.training_affinity with a
+    # measurement every `probe_every` steps, stored as one file (`directory`), not as a run
+    probe_every: int | None = None
 
     @property
     def name(self) -> str:
@@ -354,7 +361,8 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
     planned run is like them (inspector.find_run); otherwise it is counted among that run's users."""
     import pandas as pd
 
-    from .experiments import PICKS_STORED_RUNS, planned_runs
+    from .affinity import probe_path
+    from .experiments import PICKS_STORED_RUNS, planned_probes, planned_runs
     from .inspector import find_run
     from .runs import default_runs_root, load_results, run_directory
 
@@ -374,13 +382,21 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
     for notebook in sorted(notebooks, key=lambda n: n in PICKS_STORED_RUNS):
         try:
             declared = planned_runs(notebook, profile, **notebook_parameters(notebook, parameters))
+            probes = planned_probes(notebook, profile, **notebook_parameters(notebook, parameters))
         except Exception as exc:  # noqa: BLE001 -- reported; the notebook still executes
             problems[notebook] = f"{type(exc).__name__}: {exc}"
             continue
+        for label, (config, every) in probes.items():
+            path = probe_path(config, every, store)
+            if path.name not in plan:
+                complete = path.exists()
+                plan[path.name] = PlannedRun(config, path, [], 0, complete, 0.0 if complete else
+                                             estimate_seconds(config) * PROBE_COST_FACTOR, every)
+            plan[path.name].needed_by.append((notebook, label))
         picks = notebook in PICKS_STORED_RUNS
         if picks:  # the store as the notebook will see it: stored runs, and the planned ones as complete
             planned = pd.DataFrame([{"run": name, **r.config.to_dict(), "status": "complete"}
-                                    for name, r in plan.items()])
+                                    for name, r in plan.items() if r.probe_every is None])
             table = pd.concat([load_results(store), planned], ignore_index=True)
         for label, configs in declared.items():
             for config in configs:
@@ -401,21 +417,26 @@ def _start_training_process(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_run(config: TrainConfig, root: str) -> tuple[bool, float, str]:
+def _train_run(config: TrainConfig, root: str, probe_every: int | None = None) -> tuple[bool, float, str]:
     """In a pool process: train `config` through the run store (or find it stored, e.g. trained by another
-    process meanwhile). Returns (trained, seconds, error); the error as text, since not every exception
-    pickles back to the parent."""
+    process meanwhile); with `probe_every`, measure it with affinity.training_affinity instead. Returns
+    (trained, seconds, error); the error as text, since not every exception pickles back to the parent."""
     import traceback
 
-    from .experiments import run
+    from .affinity import probe_path, training_affinity
+    from .experiments import progress_enabled, run
 
     start = time.perf_counter()
     try:
-        result = run(config, root)
+        if probe_every is None:
+            trained = run(config, root).trained
+        else:
+            trained = not probe_path(config, probe_every, root).exists()
+            training_affinity(config, every=probe_every, root=root, progress=progress_enabled())
     except Exception as exc:  # noqa: BLE001 -- reported by run, the other runs go on
         traceback.print_exc()  # the whole traceback on the suite's console
         return False, time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
-    return result.trained, time.perf_counter() - start, ""
+    return trained, time.perf_counter() - start, ""
 
 
 def train_planned(runs: list[PlannedRun], processes: int, threads: int,
@@ -435,7 +456,7 @@ def train_planned(runs: list[PlannedRun], processes: int, threads: int,
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_training_process,
                                initargs=(threads,))
     try:
-        futures = {pool.submit(_train_run, r.config, root): r for r in todo}
+        futures = {pool.submit(_train_run, r.config, root, r.probe_every): r for r in todo}
         for future in as_completed(futures):
             run = futures[future]
             try:

@@ -2,8 +2,9 @@
 
     config -> datasets, model, task specs, weighting, optimizer, schedule
     for each epoch:   (everything random is re-seeded from (seed, epoch): a resumed run repeats it exactly)
-        for each batch: forward (bf16 autocast on capable CPUs / CUDA) -> per-task losses (deep
-                        supervision included) -> weighting.backward -> clip -> optimizer step
+        for each batch: forward (bf16 autocast where the machine runs it natively and faster) ->
+                        per-task losses in fp32 (deep supervision included) -> weighting.backward ->
+                        clip -> optimizer step
         evaluate every `eval_every` epochs -> metrics of every task
         hand the epoch's record and a checkpoint to the run store (atomic writes, rank 0 only)
 
@@ -17,9 +18,11 @@ import hashlib
 import json
 import math
 import os
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .data import DATASETS, build_dataset, collate_batch, dataset_options, dataset_tasks
+from .data.cache import write_text_atomic
 from .data.synthetic import check_size
 from .data.transforms import BatchAugment, augment_seed
 from .losses import task_losses
@@ -167,23 +171,94 @@ def eval_protocol(config: TrainConfig) -> str:
     return "official" if config.dataset in OFFICIAL_DATASETS else "default"
 
 
+def cpu_has_native_bf16() -> bool:
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def _time_conv_step(dtype: torch.dtype | None, repeats: int = 5) -> float:
+    """Seconds of one training step of a small 3x3-conv stack (the study models' typical layer: batch 16,
+    32 channels, 32x32 maps, channels_last), forward and backward, at `dtype` autocast (None: fp32)."""
+    generator = torch.Generator().manual_seed(0)
+    convs = [torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(3)]
+    net = torch.nn.Sequential(*[m for c in convs for m in (c, torch.nn.BatchNorm2d(32), torch.nn.ReLU())])
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(16, 32, 32, 32, generator=generator).to(memory_format=torch.channels_last)
+    best = math.inf
+    for i in range(repeats + 2):  # two warm-up steps (oneDNN picks and caches its kernels)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = net(x).float().square().mean()
+        loss.backward()
+        if i >= 2:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def precision_cache_path() -> Path:
+    """Where the machine's measured precision choice is kept: $MTL_CORE_CACHE, else ~/.cache/mtl_core."""
+    root = os.environ.get("MTL_CORE_CACHE") or Path.home() / ".cache" / "mtl_core"
+    return Path(root) / "precision.json"
+
+
+def _machine_key() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model} | torch {torch.__version__}"
+
+
+def cpu_bf16_speedup() -> float:
+    """fp32 / bf16-autocast time of a training step on this CPU (>1: bf16 is faster), measured once per
+    machine and torch version (one thread, as the suite's runs train) and kept in precision_cache_path().
+
+    Native bf16 (AVX512-BF16 / AMX) does not guarantee a faster step: how oneDNN runs a layer in bf16
+    depends on the CPU and the torch version (an earlier torch on an AVX512-BF16 EPYC ran MTI-Net 2.9x
+    slower in bf16; torch 2.14 runs every study model 1.15-1.9x faster, benchmarks/speed.py --bf16).
+    So `precision="auto"` measures instead of assuming. The cached figure keeps the choice, and so the
+    runs' hashes, stable on this machine; delete the file to measure again."""
+    path, key = precision_cache_path(), _machine_key()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return float(cached[key])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rounds = [(_time_conv_step(None), _time_conv_step(torch.bfloat16)) for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    speedup = min(f for f, _ in rounds) / min(b for _, b in rounds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({**cached, key: round(speedup, 3)}, indent=1))
+    return speedup
+
+
+# `auto` picks bf16 on a CPU only where it measured at least this much faster than fp32: below it, the
+# gain would not pay for rounding every activation to 8 bits of mantissa
+BF16_MIN_SPEEDUP = 1.1
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run (None: fp32). `auto`: bf16 on a CUDA GPU that supports it, fp32 on a
-    CPU. Native bf16 on a CPU (AVX512-BF16 / AMX) does not make every model faster: measured with
-    benchmarks/speed.py on an AMD EPYC with AVX512-BF16 (64x64, batch 16, 2 threads), bf16 autocast ran
-    the MTL baseline 1.8x faster than fp32 but MTI-Net 2.9x slower, and a study must train all of its
-    models at one precision. `bf16` asks for it where the hardware has it."""
+    """The autocast dtype of a run (None: fp32). `auto`: bf16 on a CUDA GPU that supports it; on a CPU,
+    bf16 where the CPU runs it natively (AVX512-BF16 / AMX) *and* a training step measured faster in it
+    (cpu_bf16_speedup), else fp32. One choice per machine, so a study trains all of its models at one
+    precision. `bf16` asks for it where the hardware has it; `fp32` never autocasts."""
     if precision == "fp32":
         return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     if precision == "bf16" and not supported:
         raise ValueError("precision='bf16': this machine has no native bf16 support; use 'fp32' or 'auto'")
-    if precision == "auto" and device.type != "cuda":
+    if not supported:
         return None
-    return torch.bfloat16 if supported else None
+    if precision == "auto" and device.type != "cuda" and cpu_bf16_speedup() < BF16_MIN_SPEEDUP:
+        return None
+    return torch.bfloat16
 
 
 def resolved_precision(precision: str, device: torch.device | None = None) -> str:
@@ -198,14 +273,17 @@ def describe_precision(precision: str = "auto", device: torch.device | None = No
     dtype = autocast_dtype(precision, device)
     if device.type == "cuda":
         why = "bf16 autocast" if dtype else "fp32 (this GPU has no bf16)"
-    elif dtype:
-        why = "bf16 autocast (asked for; the CPU has AVX512-BF16 or AMX)"
     elif precision == "fp32":
         why = "fp32 (asked for)"
-    elif torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        why = "fp32 (the CPU has native bf16, but it is not faster for every model: precision='bf16' opts in)"
-    else:
+    elif not cpu_has_native_bf16():
         why = "fp32 (no AVX512-BF16 / AMX on this CPU: bf16 would be emulated, slower than fp32)"
+    elif precision == "bf16":
+        why = "bf16 autocast (asked for; the CPU has AVX512-BF16 or AMX)"
+    else:
+        speedup = cpu_bf16_speedup()
+        why = (f"bf16 autocast (auto: native bf16, a training step measured {speedup:.2f}x as fast as fp32)"
+               if dtype else f"fp32 (auto: native bf16, but a training step measured only {speedup:.2f}x as "
+               f"fast as fp32; bf16 needs {BF16_MIN_SPEEDUP}x)")
     return f"{device.type}, {why}"
 
 
@@ -260,13 +338,28 @@ def make_schedule(config: TrainConfig, optimizer, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
+def training_layout(model: torch.nn.Module, dtype: torch.dtype | None,
+                    device: torch.device) -> torch.memory_format:
+    """The memory layout a model trains in: channels_last (NHWC, oneDNN's fastest on a CPU), except for a
+    model with dilated convolutions in bf16 autocast on a CPU. There oneDNN (torch 2.14) returns NaN
+    weight gradients in channels_last when a dilated 3x3 convolution has 8 mod 16 input channels (24,
+    40, 56, ...) on maps of 32 px or more (the `cnn` backbone at output stride 4 with the ci widths
+    diverged at step 2); in the contiguous layout no such case was found (720 shapes swept), at a cost of
+    ~9 % for the SSD (tests/test_train.py checks both)."""
+    dilated = any(isinstance(m, torch.nn.Conv2d) and max(m.dilation) > 1 for m in model.modules())
+    if dtype == torch.bfloat16 and device.type == "cpu" and dilated:
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def to_device(batch: dict, device: torch.device,
+              layout: torch.memory_format = torch.channels_last) -> dict:
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
             if key == "image":
-                value = value.contiguous(memory_format=torch.channels_last)
+                value = value.contiguous(memory_format=layout)
         elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
             value = [v.to(device) for v in value]
         out[key] = value
@@ -282,6 +375,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def as_float(outputs):
+    """`outputs` (tensors, possibly in dicts and lists) with every reduced-precision tensor in fp32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.dtype in (torch.bfloat16, torch.float16) else outputs
+    if isinstance(outputs, dict):
+        return {k: as_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(as_float(v) for v in outputs)
+    return outputs
+
+
 def train_step(model, batch, tasks, weighting, optimizer, dtype, grad_clip=None) -> dict[str, float]:
     """One optimisation step; returns the (unweighted-by-method) task losses as floats."""
     optimizer.zero_grad(set_to_none=True)
@@ -290,7 +394,9 @@ def train_step(model, batch, tasks, weighting, optimizer, dtype, grad_clip=None)
             if getattr(weighting, "uses_features", False) else None)
     with torch.autocast(batch["image"].device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         outputs = model(batch["image"])
-        losses = task_losses(outputs, batch, tasks)
+    # the losses in fp32, outside autocast: box encoding, log-depth and the detection loss's log-softmax
+    # and hard-negative ranking lose too much in bf16's 8-bit mantissa (an SSD diverged at step 2)
+    losses = task_losses(as_float(outputs), batch, tasks)
     if hook is not None:
         hook.remove()
     weighted = {t: loss.float() * tasks[t].weight for t, loss in losses.items()}
@@ -313,11 +419,12 @@ def evaluate(model, loader, tasks, device, dtype, protocol: str = "default") -> 
     model.eval()
     suite = MetricSuite(tasks, protocol=protocol)
     loss_sums, batches = {t: 0.0 for t in tasks}, 0
+    layout = training_layout(model, dtype, device)
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, layout)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = model(batch["image"])
-        outputs = {k: v for k, v in outputs.items() if k != "features"}
+        outputs = as_float({k: v for k, v in outputs.items() if k != "features"})
         suite.update(outputs, batch)
         for t, loss in task_losses(outputs, batch, tasks).items():
             loss_sums[t] += float(loss) * tasks[t].weight
@@ -360,7 +467,8 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
     seed_everything(init_seed(config))
     model = build_model(config.model, tasks, backbone=config.backbone,
                         backbone_options=config.backbone_options, **config.model_options)
-    model = model.to(device, memory_format=torch.channels_last)
+    layout = training_layout(model, dtype, device)
+    model = model.to(device, memory_format=layout)
     weighting = build_weighting(config.weighting, list(tasks), **config.weighting_options)
     optimizer = make_optimizer(config, model.parameters(), weighting.parameters())
     sampler = (DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed)
@@ -410,7 +518,7 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
         bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
                            enable=progress if rank == 0 else False)
         for step, batch in enumerate(train_loader):
-            batch = to_device(batch, device)
+            batch = to_device(batch, device, layout)
             if augment is not None:
                 batch = augment(batch, augment_generator)
             try:

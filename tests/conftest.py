@@ -26,6 +26,12 @@ def pytest_configure(config):
     config._mtl_core_scratch = scratch
     os.environ["MTL_CORE_DATA"] = str(scratch / "data")
     os.environ["MTL_CORE_RUNS"] = str(scratch / "runs")
+    os.environ["MTL_CORE_CACHE"] = str(scratch / "cache")
+    # "auto" precision is measured once per machine (train.cpu_bf16_speedup): measure it here, before the
+    # xdist workers start, so that every worker and kernel reads the same choice
+    from mtl_core.train import resolved_precision
+
+    resolved_precision("auto")
     config._mtl_core_snapshot = _snapshot()
 
 

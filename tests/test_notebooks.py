@@ -84,9 +84,12 @@ def test_the_notebooks_use_only_runs_the_pool_trained(ci_suite):
     """Every notebook declares the runs it uses (experiments.planned_runs): the suite trains them before
     the notebooks execute, so the notebooks add no run to the (initially empty) store."""
     report, tmp = ci_suite
-    trained = {o.run.directory.name for o in report.runs if o.status == "trained"}
+    trained = {o.run.directory.name for o in report.runs if o.status == "trained" and not o.run.probe_every}
     stored = {p.name for p in (tmp / "runs").iterdir() if p.is_dir()}
     assert len(trained) >= 10 and stored == trained, sorted(stored - trained)
+    # and the affinity probes (02 and 05 share one): measured by the pool, only read by the notebooks
+    probes = {o.run.directory.name for o in report.runs if o.status == "trained" and o.run.probe_every}
+    assert len(probes) == 1 and {p.name for p in (tmp / "runs").glob("affinity-*.json")} == probes
 
 
 def test_report_links_notebooks_figures_and_headline_tables(ci_suite):

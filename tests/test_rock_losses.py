@@ -220,6 +220,10 @@ def test_rock_model_regresses_log_depth():
 # ------------------------------------------------------------------------------------------- run hashes
 def test_run_hash_versions_the_detectors_only(monkeypatch):
     # hashes computed before the detectors got a model version: every other model's must not move
+    import mtl_core.train as train
+
+    # as a machine that trains "auto" in fp32 computes them (bf16 adds itself to the hash)
+    monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: None)
     assert STORE_VERSION == 5
     assert config_hash(TrainConfig()) == "48f5758db914"
     dense = TrainConfig(model="mtinet", tasks=("semseg", "depth", "normals", "edge"), backbone="hrnet",
@@ -241,7 +245,8 @@ def test_run_hash_records_the_resolved_precision_only_when_it_is_not_fp32(monkey
     import mtl_core.train as train
 
     config = TrainConfig()  # precision "auto"
-    assert train.resolved_precision("fp32") == "fp32" and config_hash(config) == "48f5758db914"
+    monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: None)  # a CPU that chose fp32
+    assert train.resolved_precision("auto") == "fp32" and config_hash(config) == "48f5758db914"
     monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: torch.bfloat16)
     assert train.resolved_precision("auto") == "bf16"
     assert config_hash(config) != "48f5758db914"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_core import cli, experiments, suite
+from mtl_core import affinity, cli, experiments, suite
 from mtl_core.runs import run_directory
 
 DENSE = ["02_task_affinity_per_scale", "03_mtinet_ablation", "05_loss_weighting"]
@@ -38,7 +38,8 @@ def test_plan_declares_shared_runs_once(tmp_path):
     baseline = next(r for r in planned if ("05_loss_weighting", "fixed") in r.needed_by)
     assert ("03_mtinet_ablation", "MTL baseline") in baseline.needed_by
     declared = sum(len(r.needed_by) for r in planned)
-    assert declared == len(planned) + 2 * len(singles) + 1
+    # shared: the singles by 3 notebooks, the baseline by 03 and 05, and 02's affinity probe by 05
+    assert declared == len(planned) + 2 * len(singles) + 1 + 1
     assert all(not r.complete and r.epochs_done == 0 and r.seconds > 0 for r in planned)
 
 
@@ -160,3 +161,34 @@ def test_notebooks_train_nothing_after_the_pool(tmp_path, monkeypatch):
     stored = {p.name for p in store.iterdir() if p.is_dir()}
     assert trained and stored == trained
     assert all(Path(store, name, "metrics.json").exists() for name in stored)
+
+
+def test_the_affinity_probe_is_declared_and_trained_by_the_pool(tmp_path):
+    """02's gradient-affinity measurement trains in the pool like a run: declared by the plan with the
+    notebook's own config and interval, stored as one file, and read (not retrained) afterwards."""
+    store = tmp_path / "runs"
+    planned, _ = suite.plan_runs("ci", ["02_task_affinity_per_scale"], root=store)
+    probes = [r for r in planned if r.probe_every is not None]
+    config, every = experiments.affinity_probe("ci", 0, **experiments.study_common("synthetic", None, None))
+    assert len(probes) == 1 and probes[0].probe_every == every == experiments.study("ci")["affinity_every"]
+    probe = probes[0]
+    assert probe.directory == affinity.probe_path(config, every, store) and not probe.complete
+    assert probe.seconds == pytest.approx(suite.estimate_seconds(config) * suite.PROBE_COST_FACTOR)
+    assert _users(probe) == {"02_task_affinity_per_scale"}
+    # 05 measures gradient conflict on the same probe: one entry, two users
+    both = [r for r in suite.plan_runs("ci", DENSE, root=store)[0] if r.probe_every is not None]
+    assert len(both) == 1 and _users(both[0]) == {"02_task_affinity_per_scale", "05_loss_weighting"}
+    small = config.to_dict() | {"num_train": 32, "num_val": 8, "epochs": 1}  # seconds, not minutes
+    small = experiments.base_config("ci", **small)
+    job = suite.PlannedRun(small, affinity.probe_path(small, 1, store), [("02", "probe")], probe_every=1)
+    outcomes = suite.train_planned([job], 1, 1, root=store, log=lambda _: None)
+    assert outcomes[0].status == "trained", outcomes[0].error
+    records = affinity.training_affinity(small, every=1, root=store)  # read from the file
+    assert set(records["kind"]) >= {"cosine", "lookahead"} and records["step"].max() == 32 // 16
+    assert not run_directory(small, store).exists()  # a probe is not a run
+    again = suite.plan_runs("ci", ["02_task_affinity_per_scale"], root=store)[0]
+    assert not next(r for r in again if r.probe_every is not None).complete  # another config: still to do
+    affinity.probe_path(config, every, store).write_text("[]")
+    again = suite.plan_runs("ci", ["02_task_affinity_per_scale"], root=store)[0]
+    stored = next(r for r in again if r.probe_every is not None)
+    assert stored.complete and stored.seconds == 0

@@ -263,6 +263,99 @@ def test_networks_of_different_tasks_or_seeds_start_from_different_weights(monke
 def test_a_run_records_and_prints_its_device_and_precision(tmp_path, capsys):
     result = train_or_load(tiny(epochs=1), root=tmp_path)
     assert list(result.history["device"]) == ["cpu"]
-    assert list(result.history["precision"]) == ["fp32"]  # auto on a CPU: fp32 (train.autocast_dtype)
-    assert "training on cpu, fp32" in capsys.readouterr().out
+    # auto: what this machine chose (fp32, or bf16 where native and measured faster)
+    assert list(result.history["precision"]) == [train.resolved_precision("auto")]
+    assert f"training on {train.describe_precision('auto')}" in capsys.readouterr().out
     assert train.describe_precision("fp32").startswith("cpu, fp32 (asked for)")
+    forced = train_or_load(tiny(epochs=1, precision="fp32"), root=tmp_path)
+    assert list(forced.history["precision"]) == ["fp32"]
+
+
+def test_auto_precision_on_a_cpu_follows_native_support_and_the_measured_speedup(monkeypatch):
+    cpu = torch.device("cpu")
+
+    def unmeasurable():
+        raise AssertionError("measured on a CPU without native bf16")
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(train, "cpu_bf16_speedup", unmeasurable)
+    assert train.autocast_dtype("auto", cpu) is None and train.resolved_precision("auto", cpu) == "fp32"
+    assert "no AVX512-BF16 / AMX" in train.describe_precision("auto", cpu)
+    with pytest.raises(ValueError, match="precision='bf16'"):
+        train.autocast_dtype("bf16", cpu)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(train, "cpu_bf16_speedup", lambda: 1.6)
+    assert train.autocast_dtype("auto", cpu) == torch.bfloat16
+    text = train.describe_precision("auto", cpu)
+    assert "bf16 autocast (auto" in text and "1.60x" in text
+    assert train.autocast_dtype("fp32", cpu) is None
+    monkeypatch.setattr(train, "cpu_bf16_speedup", lambda: 1.02)  # native but not faster: fp32
+    assert train.autocast_dtype("auto", cpu) is None and train.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert train.describe_precision("auto", cpu).startswith("cpu, fp32 (auto")
+
+
+def test_the_bf16_speedup_is_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("MTL_CORE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def step(dtype, repeats=5):
+        calls.append(dtype)
+        return 1.0 if dtype is not None else 2.0  # bf16 twice as fast
+
+    monkeypatch.setattr(train, "_time_conv_step", step)
+    assert train.cpu_bf16_speedup() == pytest.approx(2.0)
+    measured = len(calls)
+    assert measured >= 2 and {None, torch.bfloat16} <= set(calls)
+    assert train.cpu_bf16_speedup() == pytest.approx(2.0) and len(calls) == measured  # read, not measured
+    kept = json.loads(train.precision_cache_path().read_text())
+    assert list(kept.values()) == [2.0] and torch.__version__ in next(iter(kept))
+    train.precision_cache_path().write_text("{not json")  # a damaged cache is measured again
+    assert train.cpu_bf16_speedup() == pytest.approx(2.0) and len(calls) == 2 * measured
+
+
+def test_the_conv_step_timer_runs_both_precisions():
+    assert train._time_conv_step(None, repeats=1) > 0
+    if train.cpu_has_native_bf16():
+        assert train._time_conv_step(torch.bfloat16, repeats=1) > 0
+
+
+def test_bf16_trains_dilated_models_in_the_contiguous_layout():
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    dilated = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.Conv2d(24, 16, 3, padding=2,
+                                                                                       dilation=2))
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1))
+    assert train.training_layout(dilated, bf16, cpu) == torch.contiguous_format
+    assert train.training_layout(dilated, None, cpu) == torch.channels_last
+    assert train.training_layout(plain, bf16, cpu) == torch.channels_last
+    if not train.cpu_has_native_bf16():
+        return
+    # the oneDNN case behind the rule (24 input channels, dilation 2, 32 px): in the contiguous layout the
+    # bf16 weight gradient is finite and close to fp32's
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 24, 32, 32, generator=generator).relu()
+    weight = torch.randn(16, 24, 3, 3, generator=generator) * 0.1
+    grad_out = torch.randn(16, 16, 32, 32, generator=generator) * 0.01
+
+    def weight_grad(dtype):
+        w = weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=bf16, enabled=dtype is not None):
+            y = torch.nn.functional.conv2d(x, w, None, 1, 2, 2)
+        return torch.autograd.grad(y, w, grad_out.to(y.dtype))[0].float()
+
+    exact, rounded = weight_grad(None), weight_grad(bf16)
+    assert torch.isfinite(rounded).all()
+    assert (rounded - exact).norm() / exact.norm() < 0.02
+
+
+def test_a_dilated_detector_trains_in_bf16_without_diverging(tmp_path, monkeypatch):
+    """The ci SSD (cnn backbone kept at 1/4 by dilation, 24-channel stage) diverged at step 2 in bf16
+    channels_last; in the layout training_layout picks it trains (bf16 where the CPU has it, else the
+    machine's "auto", fp32)."""
+    from mtl_core import experiments
+
+    precision = "bf16" if train.cpu_has_native_bf16() else "auto"
+    config = experiments.base_config("ci", model="ssd", tasks=("detection",), precision=precision, epochs=1,
+                                     num_train=48, num_val=16, **experiments.DETECTOR)
+    assert config.backbone_options["widths"][2] == 24  # the shape of the oneDNN case
+    metrics = fit(config)
+    assert math.isfinite(metrics["detection/map50"])
