@@ -1,7 +1,7 @@
 """Learning curves on the synthetic benchmark: each task's validation primary metric after every epoch, for
 the four single-task networks, the MTL baseline and MTI-Net, and when each curve has converged.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning_curves.py [--epochs 24] [--seeds 0 1]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning_curves.py [--epochs 96] [--seeds 0 1]
         [--eval-every N] [--loss-weights '{"semseg": 1, "depth": 1, "normals": 3, "edge": 50}']
         [--jobs 2] [--tol 0.02] [--runs DIR] [--out /tmp/mtl_bench/learning_curves.csv]
 
@@ -76,7 +76,8 @@ def first_stable_epoch(values: pd.Series, tol: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=24, help="epochs of every run (default 24)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every run (default: the study's, experiments.STUDY)")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="validate every N epochs (default: the study's, every eighth of the run)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -90,6 +91,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from mtl_core import experiments
+
+    args.epochs = args.epochs or experiments.study("full")["epochs"]
     from mtl_core.metrics import delta_m, primary_metrics
     from mtl_core.tasks import make_tasks
     from mtl_core.train import eval_protocol

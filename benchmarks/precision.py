@@ -1,14 +1,15 @@
 """What bf16 autocast does to a study's numbers: the same study runs trained in fp32 and in bf16.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/precision.py \
-        [--models mtl_baseline ssd] [--fp32-seeds 0 1 2] [--bf16-seeds 0] [--jobs 2] [--runs DIR]
+        [--models mtl_baseline ssd] [--fp32-seeds 0 1 2] [--bf16-seeds 0] [--epochs 24] [--jobs 2] \
+        [--runs DIR]
 
 Speed alone does not decide a precision: a faster run that lands somewhere else is a different study.
 This script trains each model on its study settings (`experiments.base_config("full", ...)`: the dense
-MTL baseline on the hrnet backbone, 24 epochs of 1000 64x64 images; the plain SSD on 04's detection
-setting, 16 epochs of 2000 128x128 images) with `precision="fp32"` for `--fp32-seeds` and `"bf16"`
-(autocast; only where the CPU runs it natively) for `--bf16-seeds`. Runs go through the run store, so a
-study run that already finished in fp32 is read, not retrained.
+MTL baseline on the hrnet backbone, the study's epochs of 1000 64x64 images, or `--epochs`; the plain
+SSD on 04's detection setting, 16 epochs of 2000 128x128 images) with `precision="fp32"` for
+`--fp32-seeds` and `"bf16"` (autocast; only where the CPU runs it natively) for `--bf16-seeds`. Runs go
+through the run store, so a study run that already finished in fp32 is read, not retrained.
 
 How to read the output, per model:
 - each primary metric (semseg mIoU, depth RMSE, normals mean angle, edge odsF; detection mAP@0.5) per
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--fp32-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--bf16-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of the dense runs (default: the study's; the detector keeps its own)")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained in parallel")
     parser.add_argument("--runs", default=None,
                         help="run store (default $MTL_CORE_RUNS or the project's runs/)")
@@ -77,7 +80,10 @@ def main() -> None:
         for precision, seeds in (("bf16", args.bf16_seeds), ("fp32", args.fp32_seeds)):
             for seed in seeds:
                 # a detector on 04's detection setting (image size, backbone stride), as the study trains it
-                setting = experiments.DETECTOR if "detection" in MODELS[model] else {}
+                detector = "detection" in MODELS[model]
+                setting = experiments.DETECTOR if detector else {}
+                if args.epochs is not None and not detector:
+                    setting = {"epochs": args.epochs}
                 asked = fp32 if precision == "fp32" else precision
                 config = experiments.base_config("full", model=model, tasks=MODELS[model], seed=seed,
                                                  precision=asked, **setting)

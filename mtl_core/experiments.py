@@ -44,15 +44,17 @@ from .train import TrainConfig, eval_protocol, validate
 # 16 channels wide at most (the official code uses the backbone's widths, 8 ... 64 here: on this
 # shallow backbone that would be ~11x the baseline's parameters) and PAD-Net's are 16 wide, at the
 # finest scale.
-# Schedules: `quick` and `full` train the same 24 epochs of 1000 images (1488 steps, cosine schedule);
+# Schedules: `quick` and `full` train the same 96 epochs of 1000 images (5952 steps, cosine schedule);
 # `quick` drops variants and seeds, never steps (one seed, the core comparison), `full` adds every
-# variant and 3 seeds. benchmarks/learning_curves.py (2 seeds) measured 12 epochs far from converged
-# (semseg, depth, normals still moving 3-14 % over the last quarter, MTI-Net more); 24 epochs gain
-# 10-15 mIoU points over 12 and move much less, but still more than 2 % on some tasks (see README):
-# longer schedules (`overrides`) give more converged numbers. Every run validates at each eighth of its
-# schedule, and `convergence` shows in each study what still moved over the last
-# quarter. An epoch trains in ~9 s for a single-task network, ~16 s for the MTL baseline, ~26 s for
-# MTI-Net and ~38 s for PAD-Net (2-core CPU, fp32, one thread per run as `suite --jobs 2` gives).
+# variant and 3 seeds. benchmarks/learning_curves.py measured the MTL baseline (seed 0) far from
+# converged at 24 epochs (mIoU 49.9) and at 48 (61.5; semseg, depth, normals still moving 2-3.4 % over
+# the last quarter); at 96 it reaches mIoU 66.8 and moves 2.1 % (semseg), 6.7 % (depth RMSE), 2.4 %
+# (normals) and 0.3 % (edge) over its last quarter, and less than 1.2 % on every task over its last
+# eighth: the curve has flattened, depth last (see README). Every run validates at each eighth of its
+# schedule, and `convergence` shows in each study what still moved over the last quarter. An epoch
+# trains in ~9 s for a single-task network, ~16 s for the MTL baseline, ~26 s for MTI-Net and ~38 s for
+# PAD-Net (2-core CPU, fp32, one thread per run as `suite --jobs 2` gives); bf16 autocast, where the
+# machine picks it (train.autocast_dtype), 1.15-1.9x faster.
 # The detectors (04) have their own schedule: `detection_epochs` over `detection_num_train` images at
 # 128x128 (DETECTOR). benchmarks/detection_curves.py measured the plain SSD at 28.9 % mAP@0.5 after 12
 # epochs of 2000 images and still rising; 16 epochs of 2000 (2000 steps) is the study's schedule, the
@@ -67,12 +69,12 @@ STUDY: dict[str, dict] = {
            "batch_size": 16, "num_train": 48, "num_val": 16, "rsa_images": 16, "bootstrap": 50,
            "affinity_every": 2, "lr": 5e-3},
     # the core comparison at the full schedule, one seed: every figure
-    "quick": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 16, "detection_num_train": 2000,
+    "quick": {**STUDY_MODELS, "epochs": 96, "detection_epochs": 16, "detection_num_train": 2000,
               "seeds": (0,),
               "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 64, "bootstrap": 200,
               "affinity_every": 25, "lr": 2e-3},
     # every variant of the papers' ablations, 3 seeds (mean ± std), the same schedule
-    "full": {**STUDY_MODELS, "epochs": 24, "detection_epochs": 16, "detection_num_train": 2000,
+    "full": {**STUDY_MODELS, "epochs": 96, "detection_epochs": 16, "detection_num_train": 2000,
              "seeds": (0, 1, 2),
              "cnn_widths": (16, 32, 48, 64), "batch_size": 16, "rsa_images": 100, "bootstrap": 500,
              "affinity_every": 25, "lr": 2e-3},
