@@ -50,7 +50,8 @@ from .train import TrainConfig, eval_protocol, validate
 # converged at 24 epochs (mIoU 49.9) and at 48 (61.5; semseg, depth, normals still moving 2-3.4 % over
 # the last quarter); at 96 it reaches mIoU 66.8 and moves 2.1 % (semseg), 6.7 % (depth RMSE), 2.4 %
 # (normals) and 0.3 % (edge) over its last quarter, and less than 1.2 % on every task over its last
-# eighth: the curve has flattened, depth last (see README). Every run validates at each eighth of its
+# eighth: the curve has flattened, depth last; MTI-Net and the single-task networks likewise (last eighth
+# <= 1.3 %; see README). Every run validates at each eighth of its
 # schedule, and `convergence` shows in each study what still moved over the last quarter. An epoch
 # trains in ~9 s for a single-task network, ~16 s for the MTL baseline, ~26 s for MTI-Net and ~38 s for
 # PAD-Net (2-core CPU, fp32, one thread per run as `suite --jobs 2` gives); bf16 autocast, where the
