@@ -7,7 +7,8 @@ peak, and of the data pipeline. Prints tables; asserts nothing.
 
 Conv peak table: GFLOP/s of one 3x3 convolution (C -> C channels, batch 16, channels_last, forward +
 backward) at the study models' widths and map sizes (8 ... 64 channels, 32x32 ... 4x4), and at one large
-shape that shows the machine's best; fp32, and bf16 where the CPU runs it natively (train.autocast_dtype).
+shape that shows the machine's best; fp32, and bf16 where the CPU has it natively
+(train.cpu_has_native_bf16).
 
 Per-model table: every model the notebooks train, configured by `experiments.base_config("full", ...)`
 as they configure it, trained on one augmented batch of its training set:
@@ -56,7 +57,7 @@ from mtl_core.models.baselines import head_width_for
 from mtl_core.tasks import make_tasks
 from mtl_core.train import (
     TrainConfig,
-    autocast_dtype,
+    cpu_has_native_bf16,
     describe_precision,
     make_dataset,
     make_optimizer,
@@ -118,13 +119,6 @@ def counted_flops(fn) -> int:
 # ------------------------------------------------------------------------------------ conv peak
 
 
-def native_bf16() -> bool:
-    """Whether the CPU runs bf16 natively, by the project's own test: train.autocast_dtype refuses
-    precision="bf16" where it would be emulated (much slower than fp32)."""
-    try:
-        return autocast_dtype("bf16", CPU) is not None
-    except ValueError:
-        return False
 
 
 def conv_gflops(channels: int, size: int, dtype: torch.dtype, rounds: int) -> float:
@@ -392,7 +386,7 @@ def main() -> None:
         official_shape(args.official_repo, args.steps, args.rounds)
         return
 
-    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if native_bf16() else {})}
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if cpu_has_native_bf16() else {})}
     peaks = {}
     for precision, dtype in dtypes.items():
         table, typical, best = conv_peak(dtype, args.rounds)
@@ -401,7 +395,7 @@ def main() -> None:
               f"(typical peak {typical:.1f}, best {best:.1f})")
         print(table.round(1).to_string(na_rep=""), "\n")
     if "bf16" not in dtypes:
-        print("bf16: not native on this CPU (train.autocast_dtype), fp32 only\n")
+        print("bf16: not native on this CPU (train.cpu_has_native_bf16), fp32 only\n")
 
     configs = study_configs()
     precisions = {"fp32": None}

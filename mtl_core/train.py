@@ -394,8 +394,8 @@ def train_step(model, batch, tasks, weighting, optimizer, dtype, grad_clip=None)
             if getattr(weighting, "uses_features", False) else None)
     with torch.autocast(batch["image"].device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         outputs = model(batch["image"])
-    # the losses in fp32, outside autocast: box encoding, log-depth and the detection loss's log-softmax
-    # and hard-negative ranking lose too much in bf16's 8-bit mantissa (an SSD diverged at step 2)
+    # the losses in fp32, outside autocast: box encoding, log-depth, the detection loss's log-softmax and
+    # its hard-negative ranking would otherwise round to bf16's 8-bit mantissa
     losses = task_losses(as_float(outputs), batch, tasks)
     if hook is not None:
         hook.remove()
