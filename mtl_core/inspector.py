@@ -30,7 +30,7 @@ from matplotlib.patches import Rectangle
 
 from . import plots
 from .runs import RunResult, default_runs_root, run_directory
-from .train import TrainConfig, make_dataset
+from .train import TrainConfig, make_dataset, resolved_precision
 
 DENSE_TASKS = plots.DENSE_TASKS
 VIEWS = ("predictions", "per-scale predictions", "distillation attention", "detections")
@@ -64,7 +64,9 @@ def find_run(table: pd.DataFrame, like: TrainConfig, root=None) -> str | None:
     model options closest to `like`'s (fewest options set differently or only on one side: for the
     study's MTI-Net, whose options carry the study's `task_widths` in every variant, the full model
     before its ablations such as `fpm=False` or `num_scales=3`); the same backbone and backbone options;
-    the same seed; then the run name, so that the choice never depends on the table's row order."""
+    trained at the precision `like` resolves to on this machine (a bf16 run before an fp32 one where
+    "auto" means bf16: the run the notebooks beside it train and show); the same seed; then the run
+    name, so that the choice never depends on the table's row order."""
     if (run_directory(like, root) / "metrics.json").exists():
         return run_directory(like, root).name
     if table.empty:
@@ -80,6 +82,8 @@ def find_run(table: pd.DataFrame, like: TrainConfig, root=None) -> str | None:
     if rows.empty:
         return None
 
+    precision = resolved_precision(like.precision)
+
     def rank(row) -> tuple:
         options = _options(row.get("model_options"))
         wanted = target["model_options"] or {}
@@ -87,7 +91,8 @@ def find_run(table: pd.DataFrame, like: TrainConfig, root=None) -> str | None:
         backbone = (_same(row.get("backbone"), target["backbone"])
                     and _same(_options(row.get("backbone_options")), target["backbone_options"] or {}))
         return (not _same(row["tasks"], target["tasks"]), differing, not backbone,
-                not _same(row.get("seed"), target["seed"]), str(row["run"]))
+                row.get("trained_precision") != precision, not _same(row.get("seed"), target["seed"]),
+                str(row["run"]))
 
     return str(min(rank(row) for _, row in rows.iterrows())[-1])
 

@@ -163,7 +163,8 @@ def train_or_load(config: TrainConfig | dict, root: str | os.PathLike | None = N
 
 
 def load_results(root: str | os.PathLike | None = None, complete_only: bool = True) -> pd.DataFrame:
-    """One row per stored run: its config fields, `status`, `epochs_done` and every final metric."""
+    """One row per stored run: its config fields, `status`, `epochs_done`, `trained_precision` (what its
+    last epoch trained at) and every final metric."""
     root = Path(root) if root is not None else default_runs_root()
     rows = []
     for config_path in sorted(root.glob("*/config.json")):
@@ -173,7 +174,10 @@ def load_results(root: str | os.PathLike | None = None, complete_only: bool = Tr
             continue
         row = {"run": directory.name, **json.loads(config_path.read_text())}
         history_path = directory / "history.json"
-        row["epochs_done"] = len(json.loads(history_path.read_text())) if history_path.exists() else 0
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        row["epochs_done"] = len(history)
+        # what the run trained at ("fp32" / "bf16"): its config may say "auto", which resolves per machine
+        row["trained_precision"] = history[-1].get("precision") if history else None
         row["status"] = "complete" if store_complete else "incomplete"
         if store_complete:
             row.update(json.loads((directory / "metrics.json").read_text()))

@@ -396,3 +396,35 @@ def test_run_labels_name_every_field_in_which_runs_of_a_model_differ():
     assert "train_domains=sensor+render" in labels["rock-b"] and "dilated: True" in labels["rock-d"]
     assert "seed=" not in labels["rock-a"]  # the same in every rock run: not named
     assert labels["ssd-a"] == "ssd · detection — ssd-a"  # alone of its model: nothing to tell apart
+
+
+@pytest.mark.parametrize("machine_precision", ["bf16", "fp32"])
+def test_find_run_prefers_a_run_trained_at_the_precision_auto_resolves_to(tmp_path, monkeypatch,
+                                                                          machine_precision):
+    """"auto" is bf16 on a CPU where bf16 measured faster and fp32 elsewhere; 06 must show the run the
+    notebooks beside it train on this machine, not an older run of the other precision, even when that
+    one has the asked seed."""
+    monkeypatch.setattr(inspector, "resolved_precision", lambda precision: machine_precision)
+    like = TrainConfig(model="mtinet", tasks=TASKS, backbone_options=SMALL, num_train=16, num_val=2,
+                       epochs=1, seed=0)
+    base = {**like.to_dict(), "status": "complete"}
+    rows = [{**base, "run": "mtinet-0a", "trained_precision": "fp32"},
+            {**base, "run": "mtinet-1b", "trained_precision": "bf16", "seed": 1}]
+    expected = "mtinet-1b" if machine_precision == "bf16" else "mtinet-0a"
+    for order in (rows, rows[::-1]):
+        assert inspector.find_run(pd.DataFrame(order), like, tmp_path) == expected
+
+
+def test_load_results_records_the_precision_a_run_trained_at(tmp_path):
+    model = build_model("mtinet", TASKS, backbone_options=SMALL)
+    for seed, precision in ((0, "bf16"), (1, "fp32"), (2, None)):
+        config = TrainConfig(model="mtinet", tasks=TASKS, backbone_options=SMALL, num_train=16, num_val=2,
+                             epochs=1, seed=seed)
+        store = RunStore(run_directory(config, tmp_path), config)
+        record = {"epoch": 1} if precision is None else {"epoch": 1, "precision": precision}
+        store.save_epoch(record, {"model": model.state_dict()})
+        store.save_final({"depth/rmse": 1.0})
+    table = load_results(tmp_path).set_index("seed")
+    assert table.loc[0, "trained_precision"] == "bf16"
+    assert table.loc[1, "trained_precision"] == "fp32"
+    assert pd.isna(table.loc[2, "trained_precision"])  # a history that does not say: unknown, not guessed
