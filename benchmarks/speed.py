@@ -119,8 +119,6 @@ def counted_flops(fn) -> int:
 # ------------------------------------------------------------------------------------ conv peak
 
 
-
-
 def conv_gflops(channels: int, size: int, dtype: torch.dtype, rounds: int) -> float:
     """GFLOP/s of a 3x3 convolution's forward + backward (input and weight gradients, as inside a
     network), median over rounds of CONV_SECONDS each."""
