@@ -528,6 +528,20 @@ def metrics_table(results: Mapping[str, list[RunResult]], tasks: Iterable[str],
     return table
 
 
+def training_minutes(results: Mapping[str, list[RunResult]]) -> pd.Series:
+    """Each variant's training cost in minutes, the mean over its seeds: CPU minutes when every run
+    recorded them (an epoch's `cpu_seconds`), else wall-clock minutes. The Series' name says which.
+
+    Wall-clock time depends on what else the machine ran meanwhile (a run that shared the cores with
+    three others takes about twice as long); CPU time hardly does, so it is the one to compare."""
+    runs = [r for rs in results.values() for r in rs]
+    column = "cpu_seconds" if runs and all("cpu_seconds" in r.history for r in runs) else "seconds"
+    minutes = {label: float(np.mean([r.history[column].sum() / 60 for r in rs])) if rs else math.nan
+               for label, rs in results.items()}
+    name = "train CPU min" if column == "cpu_seconds" else "train min (wall clock; varies with machine load)"
+    return pd.Series(minutes, name=name)
+
+
 def task_specs(config: TrainConfig) -> dict:
     """The task specs a run of `config` trains with: class lists and loss weights as its dataset gives
     them (the synthetic benchmark's own weights, the official ones on real data), under `loss_weights`."""

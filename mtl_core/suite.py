@@ -29,6 +29,7 @@ import ast
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
@@ -276,13 +277,15 @@ def notebook_parameters(name: str, parameters: dict | None = None) -> dict:
 
 
 # The estimated training time of a run orders the pool, longest first. It is the images a run trains
-# (epochs x num_train x training domains) times a per-image cost from the model's size: 1.9 ms plus
-# 177 ms per GMAC of one forward pass (experiments.resources). That line is fitted to the epochs quoted
-# in experiments.py (1000 images, one thread, 2-core CPU): single-task network 9 s (0.040 GMACs), MTL
-# baseline 16 s (0.085), MTI-Net 26 s (0.113), PAD-Net 38 s (0.204), each within 15 %; the fixed part
-# covers the detectors, whose GMACs are tiny (an SSD epoch: ~3 s). Weightings that take per-task
-# gradients (weighting.needs_task_gradients) cost ~1.7x per step (an MGDA run: 29 s per epoch against
-# the fixed baseline's 17 s). Validation passes are left out (a few % of a run).
+# (epochs x num_train x training domains) times a per-image cost: the CPU seconds per image that a
+# stored run of the same cost_key measured (measured_seconds_per_image), else one from the model's
+# size: 1.9 ms plus 177 ms per GMAC of one forward pass (experiments.resources). That line is fitted
+# to the epochs quoted in experiments.py (1000 images, one thread, 2-core CPU, fp32): single-task
+# network 9 s (0.040 GMACs), MTL baseline 16 s (0.085), MTI-Net 26 s (0.113), PAD-Net 38 s (0.204),
+# each within 15 %; the fixed part covers the detectors, whose GMACs are tiny (an SSD epoch: ~3 s).
+# Weightings that take per-task gradients (weighting.needs_task_gradients) cost ~1.7x per step (an
+# MGDA run: 29 s per epoch against the fixed baseline's 17 s). Validation passes are left out (a few %
+# of a run).
 SECONDS_PER_IMAGE = 0.0019
 # 02's affinity probe trains the MTL baseline and measures every 25 steps: ~7 min against ~6.4 for the
 # plain run in quick (the measurements cost the rest)
@@ -298,16 +301,57 @@ def _gmacs(model_json: str) -> float:
     return resources(TrainConfig.from_dict(json.loads(model_json)))["GMACs"]
 
 
-def estimate_seconds(config: TrainConfig, epochs_done: int = 0) -> float:
-    """Estimated seconds to train what is left of `config` on one thread (see SECONDS_PER_IMAGE)."""
+# the fields the model's size depends on: one GMAC count per distinct model, not per run
+MODEL_FIELDS = ("model", "tasks", "backbone", "backbone_options", "model_options", "size")
+
+
+def cost_key(config: TrainConfig) -> str:
+    """What a training step's cost depends on: the model, the batch size, the weighting (per-task
+    gradients or not) and the precision this machine trains `config` in."""
+    from .train import resolved_precision
+
+    fields = {k: getattr(config, k) for k in (*MODEL_FIELDS, "batch_size", "weighting")}
+    return json.dumps({**fields, "precision": resolved_precision(config.precision)}, default=list,
+                      sort_keys=True)
+
+
+def measured_seconds_per_image(root: str | os.PathLike | None = None) -> dict[str, float]:
+    """{cost_key: CPU seconds per training image} from the one-thread epochs of the stored runs (their
+    `cpu_seconds`, the median over every epoch of every run with that key, validation excluded).
+
+    CPU time, not wall-clock time: a run that shared the cores with other processes took longer on
+    the clock but about the same CPU time, so these figures are this machine's one-thread cost."""
+    from .runs import default_runs_root
+
+    store = Path(root) if root is not None else default_runs_root()
+    samples: dict[str, list[float]] = {}
+    for history_file in sorted(store.glob("*/history.json")):
+        try:
+            history = json.loads(history_file.read_text())
+            config = TrainConfig.from_dict(json.loads((history_file.parent / "config.json").read_text()))
+        except (OSError, ValueError, TypeError):  # a foreign or unreadable run: it has no say
+            continue
+        images = config.num_train * len(config.train_domains)
+        per_image = [r["cpu_seconds"] / images for r in history
+                     if r.get("threads") == 1 and r.get("cpu_seconds", 0) > 0]
+        if per_image:
+            samples.setdefault(cost_key(config), []).extend(per_image)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def estimate_seconds(config: TrainConfig, epochs_done: int = 0,
+                     measured: dict[str, float] | None = None) -> float:
+    """Estimated seconds to train what is left of `config` on one thread: from `measured`
+    (measured_seconds_per_image) when a stored run of the same cost_key measured it, else from the
+    model's GMACs (see SECONDS_PER_IMAGE)."""
     from .weighting import WEIGHTINGS
 
-    # the fields the model's size depends on: one build per distinct model, not per run
-    model = {k: getattr(config, k) for k in ("model", "tasks", "backbone", "backbone_options",
-                                             "model_options", "size")}
-    per_image = SECONDS_PER_IMAGE + SECONDS_PER_GMAC_IMAGE * _gmacs(json.dumps(model, default=list))
-    if WEIGHTINGS[config.weighting].needs_task_gradients:
-        per_image *= TASK_GRADIENT_FACTOR
+    per_image = (measured or {}).get(cost_key(config))
+    if per_image is None:
+        model = {k: getattr(config, k) for k in MODEL_FIELDS}
+        per_image = SECONDS_PER_IMAGE + SECONDS_PER_GMAC_IMAGE * _gmacs(json.dumps(model, default=list))
+        if WEIGHTINGS[config.weighting].needs_task_gradients:
+            per_image *= TASK_GRADIENT_FACTOR
     images = (config.epochs - epochs_done) * config.num_train * len(config.train_domains)
     return max(0, images) * per_image
 
@@ -367,6 +411,7 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
     from .runs import default_runs_root, load_results, run_directory
 
     store = Path(root) if root is not None else default_runs_root()
+    measured = measured_seconds_per_image(store)  # the store's own one-thread costs, where it has them
     plan: dict[str, PlannedRun] = {}  # run directory name -> run
     problems: dict[str, str] = {}
 
@@ -375,7 +420,7 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
         if directory.name not in plan:
             complete, done = _stored_state(directory)
             plan[directory.name] = PlannedRun(config, directory, [], done, complete,
-                                              0.0 if complete else estimate_seconds(config, done))
+                                              0.0 if complete else estimate_seconds(config, done, measured))
         plan[directory.name].needed_by.append((notebook, label))
 
     # the notebooks that pick stored runs last: they see what the others will have trained
@@ -391,7 +436,7 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
             if path.name not in plan:
                 complete = path.exists()
                 plan[path.name] = PlannedRun(config, path, [], 0, complete, 0.0 if complete else
-                                             estimate_seconds(config) * PROBE_COST_FACTOR, every)
+                                             estimate_seconds(config, 0, measured) * PROBE_COST_FACTOR, every)
             plan[path.name].needed_by.append((notebook, label))
         picks = notebook in PICKS_STORED_RUNS
         if picks:  # the store as the notebook will see it: stored runs, and the planned ones as complete

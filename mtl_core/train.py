@@ -514,7 +514,7 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
         augment_generator.manual_seed(augment_seed(config.seed, epoch, rank))
         if sampler is not None:
             sampler.set_epoch(epoch)
-        start, sums = time.perf_counter(), {}
+        start, cpu_start, sums = time.perf_counter(), time.process_time(), {}
         bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
                            enable=progress if rank == 0 else False)
         for step, batch in enumerate(train_loader):
@@ -539,6 +539,10 @@ def fit(config: TrainConfig, store=None, progress: bool | None = None, step_call
         weighting.epoch_end({t: means[f"loss/{t}"] for t in tasks})
         record = {"epoch": epoch + 1, "device": device.type, "precision": "bf16" if dtype else "fp32",
                   "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - start,
+                  # CPU seconds of this process over its `threads` threads: unlike the wall-clock
+                  # seconds they hardly change when other processes share the cores, so they compare
+                  # the cost of runs trained under different machine loads
+                  "cpu_seconds": time.process_time() - cpu_start, "threads": torch.get_num_threads(),
                   "images_per_second": steps_per_epoch * config.batch_size / (time.perf_counter() - start),
                   **means}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:

@@ -69,6 +69,24 @@ def test_metrics_table_and_formatting():
     assert shown.loc["a", "depth/rmse"] == "2.0 ± 1.0" and shown.loc["b", "depth/rmse"] == "2.0"
 
 
+def test_training_minutes_prefer_cpu_time_and_say_which():
+    def timed(seconds, cpu=None):
+        run = fake({})
+        history = {"seconds": seconds} if cpu is None else {"seconds": seconds, "cpu_seconds": cpu}
+        return RunResult(run.config, run.directory, run.metrics, pd.DataFrame(history), False)
+
+    # two seeds of "a" (60 + 60 and 120 + 120 CPU seconds: 2 and 4 min, mean 3), one of "b"
+    both = {"a": [timed([100, 100], [60, 60]), timed([300, 300], [120, 120])], "b": [timed([90], [90])]}
+    cost = experiments.training_minutes(both)
+    assert cost.name == "train CPU min"
+    assert cost["a"] == pytest.approx(3.0) and cost["b"] == pytest.approx(1.5)
+    # one run without CPU times (trained before they were recorded): wall clock for all, named so
+    mixed = {"a": [timed([60, 60], [30, 30])], "b": [timed([90])]}
+    cost = experiments.training_minutes(mixed)
+    assert cost.name.startswith("train min (wall clock")
+    assert cost["a"] == pytest.approx(2.0) and cost["b"] == pytest.approx(1.5)
+
+
 def test_summary_is_markdown(tmp_path):
     frame = pd.DataFrame({"delta_m": [1.23456, -2.0]}, index=pd.Index(["MTI-Net", "PAD-Net"], name="model"))
     path = experiments.write_summary(tmp_path / "nb", "03 · x", {"Δm": frame, "Conclusion": "- holds"})

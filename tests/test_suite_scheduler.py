@@ -91,6 +91,44 @@ def test_cost_estimate_follows_the_measured_epochs():
         suite.estimate_seconds(config) / 2)
 
 
+def _store_history(config, root: Path, records: list[dict]) -> None:
+    import json
+
+    directory = run_directory(config, root)
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config.to_dict()))
+    (directory / "history.json").write_text(json.dumps(records))
+
+
+def test_cost_estimate_uses_the_cpu_time_stored_runs_measured(tmp_path):
+    dense = {"model": "mtinet", "tasks": experiments.DENSE_TASKS}
+    config = experiments.base_config("ci", **dense)  # the run 03 plans in ci
+    images = config.num_train * len(config.train_domains)
+    formula = suite.estimate_seconds(config)
+    # two other seeds of the same model measured 0.1 and 0.3 s per image (one thread): median 0.2; a
+    # two-thread run, one without CPU times and another model have no say
+    _store_history(experiments.base_config("ci", seed=7, **dense), tmp_path,
+                   [{"cpu_seconds": 0.1 * images, "threads": 1}, {"cpu_seconds": 0.3 * images, "threads": 1}])
+    _store_history(experiments.base_config("ci", seed=8, **dense), tmp_path,
+                   [{"cpu_seconds": 0.2 * images, "threads": 1},
+                    {"cpu_seconds": 50.0 * images, "threads": 2}])
+    _store_history(experiments.base_config("ci", seed=9, **dense), tmp_path, [{"seconds": 99.0 * images}])
+    baseline = experiments.base_config("ci", model="mtl_baseline", tasks=experiments.DENSE_TASKS, seed=7)
+    _store_history(baseline, tmp_path, [{"cpu_seconds": 9.0 * images, "threads": 1}])
+    measured = suite.measured_seconds_per_image(tmp_path)
+    assert measured[suite.cost_key(config)] == pytest.approx(0.2)
+    assert suite.estimate_seconds(config, 0, measured) == pytest.approx(0.2 * images * config.epochs)
+    assert suite.estimate_seconds(config, 1, measured) == pytest.approx(0.2 * images * (config.epochs - 1))
+    # another batch size or weighting costs differently: the formula again
+    other = experiments.base_config("ci", batch_size=config.batch_size * 2, **dense)
+    assert suite.estimate_seconds(other, 0, measured) == pytest.approx(suite.estimate_seconds(other))
+    # the plan reads the store it plans over
+    planned, _ = suite.plan_runs("ci", ["03_mtinet_ablation"], root=tmp_path)
+    mtinet = next(r for r in planned if r.directory == run_directory(config, tmp_path))
+    assert mtinet.seconds == pytest.approx(0.2 * images * config.epochs)
+    assert abs(formula - mtinet.seconds) > 0.1 * mtinet.seconds  # so the figure did come from the store
+
+
 def test_notebook_parameters_are_the_declared_defaults_with_the_suites():
     params = suite.notebook_parameters("01_train", {"dataset": "nyud_mt", "not_declared": 1})
     assert params["dataset"] == "nyud_mt" and params["model"] == "mtinet" and params["overrides"] == {}
@@ -142,6 +180,7 @@ def test_plan_command_lists_runs_without_training(tmp_path, monkeypatch, capsys)
     declared = sum(len(r.needed_by) for r in planned)
     assert f"{declared} run(s) declared by 3 notebook(s), {len(planned)} distinct; 0 stored" in out
     assert "single_task" in out and "to train" in out and "03, 05" in out
+    assert f"estimates: 0 of {len(planned)} from the CPU time" in out  # an empty store measured nothing
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
     assert cli.main(["plan", "--profile", "ci", "--only", "nope"]) == 2
 

@@ -271,6 +271,16 @@ def test_a_run_records_and_prints_its_device_and_precision(tmp_path, capsys):
     assert list(forced.history["precision"]) == ["fp32"]
 
 
+def test_an_epoch_records_its_cpu_time_and_threads(tmp_path):
+    # the CPU seconds compare runs trained under different machine loads (05's cost column)
+    result = train_or_load(tiny(epochs=2), root=tmp_path)
+    assert list(result.history["threads"]) == [torch.get_num_threads()] * 2
+    cpu, wall = result.history["cpu_seconds"], result.history["seconds"]
+    assert (cpu > 0).all()
+    # a process cannot use more CPU time than its threads have wall time (slack for clock granularity)
+    assert (cpu <= wall * result.history["threads"] + 0.05).all()
+
+
 def test_auto_precision_on_a_cpu_follows_native_support_and_the_measured_speedup(monkeypatch):
     cpu = torch.device("cpu")
 
