@@ -46,7 +46,9 @@ AUXILIARY = ("depth", "normals", "scene")  # what a sensor-domain sample may be 
 # is one member of an indistinguishable top group (it ranked first in an earlier pass), not a proven best.
 # 05 shows how much Δm moves with the static weights: at the study schedule (96 epochs) normals 10 beats
 # normals 3 beyond the bootstrap noise (Δm +2.8 vs +0.7 %, one seed), so a 3-epoch grid is too short to
-# choose them; `benchmarks/task_weights.py --epochs 96` is the grid that should.
+# choose them. The grid at 96 epochs (`benchmarks/task_weights.py --epochs 96 --normals 3 10 30 --edge
+# 20 50`, one seed) ranks normals 10, edge 50 first (tuning Δm +2.84 %, next +1.61 %); the README says
+# what confirming and adopting it takes.
 LOSS_WEIGHTS = {"semseg": 1.0, "depth": 1.0, "normals": 3.0, "edge": 50.0}
 FOCAL_RATIO = 518.86 / 640  # NYUv2's Kinect: fx / image width (a ~63 degree horizontal field of view)
 
