@@ -199,14 +199,12 @@ def _plan(args: argparse.Namespace) -> int:
           f"{len(planned)} distinct; {len(planned) - len(todo)} stored, {len(todo)} to train: estimated "
           f"{one_thread:.0f} min on one thread, ~{pool:.0f} min in {jobs} process(es) (suite --jobs {jobs}) "
           "if each keeps its one-thread speed")
-    from .suite import cost_key, measured_seconds_per_image
     from .train import describe_precision, resolved_precision
 
-    measured = measured_seconds_per_image()
-    from_store = sum(cost_key(r.config) in measured for r in todo if r.probe_every is None)
     if todo:
-        print(f"estimates: {from_store} of {len(todo)} from the CPU time that stored runs of the same model "
-              "measured here, the others from the model's GMACs (fitted to one-thread fp32 epochs)")
+        print(f"estimates: {sum(r.measured for r in todo)} of {len(todo)} from the CPU time that stored runs "
+              "of the same model measured here, the others from the model's GMACs (fitted to one-thread fp32 "
+              "epochs)")
     if resolved_precision("auto") != "fp32":
         print(f"training here: {describe_precision()}; bf16 trained the study models 1.15-1.9x faster than "
               "fp32 on an AVX512-BF16 CPU (benchmarks/speed.py --bf16)")

@@ -305,14 +305,15 @@ def _gmacs(model_json: str) -> float:
 MODEL_FIELDS = ("model", "tasks", "backbone", "backbone_options", "model_options", "size")
 
 
-def cost_key(config: TrainConfig) -> str:
+def cost_key(config: TrainConfig, precision: str | None = None) -> str:
     """What a training step's cost depends on: the model, the batch size, the weighting (per-task
-    gradients or not) and the precision this machine trains `config` in."""
+    gradients or not) and the precision (`precision`, e.g. what a stored run recorded; else what this
+    machine trains `config` in)."""
     from .train import resolved_precision
 
     fields = {k: getattr(config, k) for k in (*MODEL_FIELDS, "batch_size", "weighting")}
-    return json.dumps({**fields, "precision": resolved_precision(config.precision)}, default=list,
-                      sort_keys=True)
+    precision = precision or resolved_precision(config.precision)
+    return json.dumps({**fields, "precision": precision}, default=list, sort_keys=True)
 
 
 def measured_seconds_per_image(root: str | os.PathLike | None = None) -> dict[str, float]:
@@ -332,10 +333,9 @@ def measured_seconds_per_image(root: str | os.PathLike | None = None) -> dict[st
         except (OSError, ValueError, TypeError):  # a foreign or unreadable run: it has no say
             continue
         images = config.num_train * len(config.train_domains)
-        per_image = [r["cpu_seconds"] / images for r in history
-                     if r.get("threads") == 1 and r.get("cpu_seconds", 0) > 0]
-        if per_image:
-            samples.setdefault(cost_key(config), []).extend(per_image)
+        for r in history:  # keyed by the precision each epoch trained at, as its record says
+            if r.get("threads") == 1 and r.get("cpu_seconds", 0) > 0:
+                samples.setdefault(cost_key(config, r.get("precision")), []).append(r["cpu_seconds"] / images)
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
@@ -369,6 +369,7 @@ class PlannedRun:
     # an affinity probe (experiments.planned_probes): trained by affinity.training_affinity with a
     # measurement every `probe_every` steps, stored as one file (`directory`), not as a run
     probe_every: int | None = None
+    measured: bool = False  # `seconds` from stored runs' CPU time (measured_seconds_per_image), not GMACs
 
     @property
     def name(self) -> str:
@@ -420,7 +421,8 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
         if directory.name not in plan:
             complete, done = _stored_state(directory)
             plan[directory.name] = PlannedRun(config, directory, [], done, complete,
-                                              0.0 if complete else estimate_seconds(config, done, measured))
+                                              0.0 if complete else estimate_seconds(config, done, measured),
+                                              measured=cost_key(config) in measured)
         plan[directory.name].needed_by.append((notebook, label))
 
     # the notebooks that pick stored runs last: they see what the others will have trained
@@ -436,7 +438,8 @@ def plan_runs(profile: str, notebooks: list[str], parameters: dict | None = None
             if path.name not in plan:
                 complete = path.exists()
                 plan[path.name] = PlannedRun(config, path, [], 0, complete, 0.0 if complete else
-                                             estimate_seconds(config, 0, measured) * PROBE_COST_FACTOR, every)
+                                             estimate_seconds(config, 0, measured) * PROBE_COST_FACTOR, every,
+                                             measured=cost_key(config) in measured)
             plan[path.name].needed_by.append((notebook, label))
         picks = notebook in PICKS_STORED_RUNS
         if picks:  # the store as the notebook will see it: stored runs, and the planned ones as complete
