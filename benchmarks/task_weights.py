@@ -1,8 +1,8 @@
 """Loss weights for the synthetic benchmark's dense tasks (semseg, depth, normals, edge): one set, chosen
 by a grid on the MTL baseline and scored by Δm on held-out tuning images, for every multi-task model alike.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/task_weights.py [--epochs 8] [--normals 1 3 10]
-        [--edge 5 20 50] [--jobs 2] [--confirm-top 2] [--confirm-seeds 1]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/task_weights.py [--epochs 96] [--normals 3 10 30]
+        [--edge 20 50] [--jobs 2] [--confirm-top 2] [--confirm-seeds 1]
         [--runs /tmp/mtl_bench_runs] [--out /tmp/mtl_bench/task_weights.csv]
 
 What it trains: the MTL baseline on the `full` study settings (experiments.base_config: hrnet backbone,
@@ -124,9 +124,11 @@ def score(metrics: dict, reference: dict, specs: dict, primary: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of every run (default 8)")
-    parser.add_argument("--normals", type=float, nargs="+", default=[1, 3, 10], help="normals weights")
-    parser.add_argument("--edge", type=float, nargs="+", default=[5, 20, 50], help="edge weights")
+    parser.add_argument("--epochs", type=int, default=96,
+                        help="training epochs of every run (default 96, the study schedule: a short "
+                             "schedule ranks weights by how fast, not how well, the tasks learn)")
+    parser.add_argument("--normals", type=float, nargs="+", default=[3, 10, 30], help="normals weights")
+    parser.add_argument("--edge", type=float, nargs="+", default=[20, 50], help="edge weights")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grid runs")
     parser.add_argument("--confirm-top", type=int, default=2, help="re-run the best N pairs (0: none)")
     parser.add_argument("--confirm-seeds", type=int, nargs="*", default=[1], help="their extra seeds")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from .data import DATASETS
 from .data.cache import atomic_write, file_lock
+from .tasks import loss_convention
 from .train import TrainConfig, distributed_context, fit, make_dataset, resolved_precision, validate
 
 
@@ -42,14 +45,27 @@ def default_runs_root() -> Path:
 # weights seeded by seed and tasks, gradient weightings that change only the shared parameters;
 # 4: MTI-Net's FPM mask normalised over the official code's channel groups, PAD-Net's 1x1 conv on
 # the fused map as the official HighResolutionFuse; 5: batch augmentation, the synthetic benchmark's
-# own loss weights, fused optimizer steps), so older runs are left in place and not mistaken for
-# current ones.
-STORE_VERSION = 5
+# own loss weights, fused optimizer steps; 6: single-task networks train their loss at weight 1),
+# so older runs are left in place and not mistaken for current ones.
+STORE_VERSION = 6
 
 # Part of the hash of these models' runs only, so that every other model's hash stays as it was: bumped
 # when the same config of that model would train differently (1: ROCK's reference losses and weights;
 # 2: ROCK's reference SSD head by default: 6 levels, its default boxes, foreground bias prior 0.01).
 MODEL_VERSIONS = {"ssd": 2, "flat_mtl": 2, "rock": 2}
+
+
+def dataset_loss_weights(config: TrainConfig) -> dict[str, float]:
+    """The loss weights a run takes from its dataset's code rather than from its config: the dataset's
+    own `loss_weights` (the synthetic benchmark's LOSS_WEIGHTS) for the tasks `config.loss_weights`
+    leaves to it, under the MTI-Net loss convention (tasks.make_tasks). They are part of the hash, so
+    that a change of LOSS_WEIGHTS re-trains the multi-task runs instead of reusing runs trained with
+    the old weights under a config that reads the same."""
+    dataset = DATASETS.get(config.dataset)
+    if dataset is None or loss_convention(config.tasks) != "mtinet" or len(config.tasks) == 1:
+        return {}  # a single task trains at weight 1 (tasks.make_tasks)
+    own = getattr(dataset, "loss_weights", {}) or {}
+    return {t: float(own[t]) for t in config.tasks if t in own and t not in config.loss_weights}
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -62,6 +78,9 @@ def config_hash(config: TrainConfig) -> str:
     precision = resolved_precision(config.precision)
     if precision != "fp32":
         values["resolved_precision"] = precision
+    own_weights = dataset_loss_weights(config)
+    if own_weights:
+        values["dataset_loss_weights"] = own_weights
     blob = json.dumps(values, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -144,7 +163,11 @@ def train_or_load(config: TrainConfig | dict, root: str | os.PathLike | None = N
     rank, world = distributed_context()
     # under torchrun only rank 0 takes the lock (the others would wait on it while rank 0 waits for
     # them in the process group); the ranks agree on the store's state through barriers
-    with file_lock(directory / ".lock") if rank == 0 else nullcontext():
+    def waiting() -> None:
+        print(f"{directory.name}: another process holds {directory / '.lock'} (it is training this run); "
+              "waiting for it to finish, then reading its result", file=sys.stderr, flush=True)
+
+    with file_lock(directory / ".lock", waiting) if rank == 0 else nullcontext():
         if rank == 0:
             store = RunStore(directory, config)
             if force:

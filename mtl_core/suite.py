@@ -463,6 +463,21 @@ def _start_training_process(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _exit_with_parent(os.getppid())
+
+
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this pool process when the suite that started it is gone (killed, even with SIGKILL, which
+    leaves it no chance to stop its pool): an orphan would go on training and hold its run's lock, so
+    that a restarted suite waits on it. Its run resumes from the last finished epoch next time."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _train_run(config: TrainConfig, root: str, probe_every: int | None = None) -> tuple[bool, float, str]:

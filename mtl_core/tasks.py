@@ -271,15 +271,20 @@ def make_tasks(names: Iterable[str], dataset=None,
                weights: dict[str, float] | None = None) -> dict[str, TaskSpec]:
     """Specs for `names`; class lists come from `dataset`'s classes / scene_classes / det_classes /
     part_classes attributes, when it has them. Losses follow `loss_convention(names)`. Loss weights:
-    `weights`, else (MTI-Net convention only) the dataset's own `loss_weights` (the synthetic
-    benchmark's, chosen by benchmarks/task_weights.py for the MTI-Net losses), else the spec's
-    (MTI-Net's official values, which the real datasets keep; ROCK's under the ROCK convention)."""
+    `weights`, else 1 for a single task, else (MTI-Net convention only) the dataset's own
+    `loss_weights` (the synthetic benchmark's, chosen by benchmarks/task_weights.py for the MTI-Net
+    losses), else the spec's (MTI-Net's official values, which the real datasets keep; ROCK's under the
+    ROCK convention)."""
     if isinstance(names, str):
         names = [names]
     names = list(names)
     convention = loss_convention(names)
     # a dataset's own weights were tuned for the MTI-Net losses; ROCK's losses keep ROCK's weights
     dataset_weights = getattr(dataset, "loss_weights", {}) if convention == "mtinet" else {}
+    if len(names) == 1:
+        # one loss has no balance to strike: a single-task network trains its loss at weight 1, as the
+        # official MTI-Net code's single-task setups do (losses/loss_schemes.py, SingleTaskLoss: no weight)
+        dataset_weights = {names[0]: 1.0}
     weights = {**dataset_weights, **(weights or {})}
     unknown = [n for n in names if n not in _SPECS]
     if unknown:

@@ -39,3 +39,27 @@ def test_building_a_cache_without_a_terminal_prints_one_line_with_its_figures(tm
     assert len(lines) == 1 and "rendered 4 samples in " in lines[0] and str(tmp_path) in lines[0]
     SyntheticScenes("train", 4, root=tmp_path, workers=1, progress=False)  # cached: nothing to say
     assert "rendered" not in capsys.readouterr().out
+
+
+def test_waiting_for_a_held_lock_is_announced_once_and_then_blocks(tmp_path):
+    import threading
+
+    lock, said, order = tmp_path / ".run.lock", [], []
+    with file_lock(lock, waiting=lambda: said.append("free?")):
+        pass
+    assert said == []  # a free lock is taken without a word
+
+    def second():
+        with file_lock(lock, waiting=lambda: said.append("waiting")):
+            order.append("second")
+
+    with file_lock(lock):
+        thread = threading.Thread(target=second)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        order.append("first")  # the second is still blocked: it has announced, not entered
+    thread.join(30)
+    assert said == ["waiting"] and order == ["first", "second"] and not lock.exists()

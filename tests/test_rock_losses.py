@@ -68,7 +68,7 @@ def test_dense_study_specs_are_unchanged():
     # on the synthetic benchmark its own weights still apply to the dense tasks
     synthetic = make_tasks(names, dataset=SyntheticScenes.__new__(SyntheticScenes))
     assert {n: synthetic[n].weight for n in LOSS_WEIGHTS} == LOSS_WEIGHTS == \
-        {"semseg": 1.0, "depth": 1.0, "normals": 3.0, "edge": 50.0}
+        {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
 
 
 # ------------------------------------------------------------------------------------- known answers
@@ -219,24 +219,25 @@ def test_rock_model_regresses_log_depth():
 
 # ------------------------------------------------------------------------------------------- run hashes
 def test_run_hash_versions_the_detectors_only(monkeypatch):
-    # hashes computed before the detectors got a model version: every other model's must not move
+    # hashes pinned when the synthetic benchmark's own loss weights entered them (normals 10, edge 50):
+    # bumping a detector's model version must not move any other model's
     import mtl_core.train as train
 
     # as a machine that trains "auto" in fp32 computes them (bf16 adds itself to the hash)
     monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: None)
-    assert STORE_VERSION == 5
-    assert config_hash(TrainConfig()) == "48f5758db914"
+    assert STORE_VERSION == 6
+    assert config_hash(TrainConfig()) == "6f3c93eb8651"
     dense = TrainConfig(model="mtinet", tasks=("semseg", "depth", "normals", "edge"), backbone="hrnet",
                         backbone_options={"widths": (8, 16, 32, 64)},
                         model_options={"task_widths": (8, 16, 16, 16)}, num_train=1000, lr=2e-3, epochs=12,
                         eval_every=3)
-    assert config_hash(dense) == "178651d833c4"
+    assert config_hash(dense) == "23c024e1a633"
     rock = TrainConfig(model="rock", tasks=tuple(ROCK_NAMES))
     assert set(MODEL_VERSIONS) == {"ssd", "flat_mtl", "rock"}
     assert config_hash(rock) != "8c003987f0db"  # its hash before: stale detector runs are not reused
     before = config_hash(rock)
     monkeypatch.setitem(MODEL_VERSIONS, "rock", MODEL_VERSIONS["rock"] + 1)
-    assert config_hash(rock) != before and config_hash(dense) == "178651d833c4"
+    assert config_hash(rock) != before and config_hash(dense) == "23c024e1a633"
 
 
 def test_run_hash_records_the_resolved_precision_only_when_it_is_not_fp32(monkeypatch):
@@ -246,7 +247,43 @@ def test_run_hash_records_the_resolved_precision_only_when_it_is_not_fp32(monkey
 
     config = TrainConfig()  # precision "auto"
     monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: None)  # a CPU that chose fp32
-    assert train.resolved_precision("auto") == "fp32" and config_hash(config) == "48f5758db914"
+    assert train.resolved_precision("auto") == "fp32" and config_hash(config) == "6f3c93eb8651"
     monkeypatch.setattr(train, "autocast_dtype", lambda precision, device: torch.bfloat16)
     assert train.resolved_precision("auto") == "bf16"
-    assert config_hash(config) != "48f5758db914"
+    assert config_hash(config) != "6f3c93eb8651"
+
+
+def test_run_hash_follows_the_synthetic_benchmarks_own_loss_weights(monkeypatch):
+    """A config that leaves a task's weight to the dataset (loss_weights {}) trains with LOSS_WEIGHTS:
+    changing them must change the hash of exactly the runs that use them, so stored runs trained with
+    the old weights are not reused."""
+    dense = TrainConfig(model="mtl_baseline", tasks=("semseg", "depth", "normals", "edge"))
+    explicit = TrainConfig(model="mtl_baseline", tasks=("semseg", "depth", "normals", "edge"),
+                           loss_weights={"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0})
+    partly = TrainConfig(model="mtl_baseline", tasks=("semseg", "normals"), loss_weights={"normals": 2.0})
+    single_edge = TrainConfig(model="single_task", tasks=("edge",))
+    single_depth = TrainConfig(model="single_task", tasks=("depth",))
+    rock = TrainConfig(model="rock", tasks=tuple(ROCK_NAMES))  # ROCK's losses keep ROCK's weights
+    nyud = TrainConfig(model="mtl_baseline", tasks=("semseg", "normals"), dataset="nyud_mt")
+    configs = [dense, explicit, partly, single_edge, single_depth, rock, nyud]
+    before = [config_hash(c) for c in configs]
+    monkeypatch.setattr(SyntheticScenes, "loss_weights", {**SyntheticScenes.loss_weights, "normals": 3.0,
+                                                          "edge": 20.0})
+    moved = [config_hash(c) != h for c, h in zip(configs, before, strict=True)]
+    assert moved == [True, False, False, False, False, False, False]  # a single task trains at weight 1
+    # and what the hash records is what training uses
+    assert {n: s.weight for n, s in make_tasks(dense.tasks, dataset=SyntheticScenes).items()} == \
+        {"semseg": 1.0, "depth": 1.0, "normals": 3.0, "edge": 20.0}
+
+
+def test_a_single_task_trains_its_loss_at_weight_one():
+    """As the official code's SingleTaskLoss: one loss has no balance to strike, so neither the dataset's
+    weights nor the spec's scale it (with Adam the scale is nearly irrelevant, but not under gradient
+    clipping or weight decay); an explicit weight still wins, and a task set of two keeps the weights."""
+    for name in ("normals", "edge", "semseg"):
+        assert make_tasks([name], dataset=SyntheticScenes)[name].weight == 1.0
+        assert make_tasks([name])[name].weight == 1.0
+    assert make_tasks(["scene"])["scene"].weight == 1.0  # ROCK's scene weight 3 is a balance, too
+    assert make_tasks(["edge"], weights={"edge": 7.0})["edge"].weight == 7.0
+    pair = make_tasks(["normals", "edge"], dataset=SyntheticScenes)
+    assert (pair["normals"].weight, pair["edge"].weight) == (LOSS_WEIGHTS["normals"], LOSS_WEIGHTS["edge"])

@@ -231,3 +231,55 @@ def test_the_affinity_probe_is_declared_and_trained_by_the_pool(tmp_path):
     again = suite.plan_runs("ci", ["02_task_affinity_per_scale"], root=store)[0]
     stored = next(r for r in again if r.probe_every is not None)
     assert stored.complete and stored.seconds == 0
+
+
+def test_pool_processes_end_when_the_suite_is_killed(tmp_path):
+    """SIGKILL gives the suite no chance to stop its pool: each pool process must notice on its own, or
+    it would train on and hold its run's lock while a restarted suite waits for it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = f"""
+import multiprocessing, time
+from concurrent.futures import ProcessPoolExecutor
+from mtl_core import suite
+
+def work(path):
+    import os
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(300)  # a long run
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=suite._start_training_process, initargs=(1,))
+    pool.submit(work, {str(pid_file)!r})
+    time.sleep(300)
+"""
+    (tmp_path / "fake_suite.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "fake_suite.py")], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(30)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # reaped by init, or a zombie waiting to be
+            return f.read().split()[2] != "Z"
+
+    deadline = time.monotonic() + 30
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    still = alive(worker)
+    if still:
+        os.kill(worker, signal.SIGKILL)
+    assert not still, "the pool process outlived the killed suite"

@@ -65,13 +65,20 @@ def _sha256(path: Path) -> str:
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive advisory lock on `path` for the duration of the block. The lock file is created for
-    the block and removed after it, so no empty lock files pile up."""
+    the block and removed after it, so no empty lock files pile up. `waiting` is called once if another
+    process holds the lock, before blocking on it (so that a wait is never silent)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         handle = open(path, "a")  # noqa: SIM115 -- closed below, after the lock is released
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+                waiting = None
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:  # the holder before us may have removed the file we waited on: then lock the new one
             if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
                 break

@@ -38,18 +38,14 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 DOMAINS = ("render", "sensor")
 AUXILIARY = ("depth", "normals", "scene")  # what a sensor-domain sample may be missing (ROCK's aux tasks)
 # The benchmark's own loss weights for the dense tasks (tasks.make_tasks uses them for every model trained on
-# it; an explicit TrainConfig.loss_weights wins). MTI-Net's official NYUD weights (normals 10, edge 50) were
-# tuned for NYUD; these come from a grid on the MTL baseline (normals 1/3/10 x edge 5/20/50, semseg and
-# depth 1, 3 epochs) scored by Δm on held-out tuning images: `python benchmarks/task_weights.py --epochs 3`
-# reproduces it. Edge 5 loses at every normals weight (edge odsF -18 to -24 %); among the rest the ranking
-# is within seed noise (best two of the last grid: Welch t over 2 seeds, p = 0.66), so normals 3, edge 50
-# is one member of an indistinguishable top group (it ranked first in an earlier pass), not a proven best.
-# 05 shows how much Δm moves with the static weights: at the study schedule (96 epochs) normals 10 beats
-# normals 3 beyond the bootstrap noise (Δm +2.8 vs +0.7 %, one seed), so a 3-epoch grid is too short to
-# choose them. The grid at 96 epochs (`benchmarks/task_weights.py --epochs 96 --normals 3 10 30 --edge
-# 20 50`, one seed) ranks normals 10, edge 50 first (tuning Δm +2.84 %, next +1.61 %); the README says
-# what confirming and adopting it takes.
-LOSS_WEIGHTS = {"semseg": 1.0, "depth": 1.0, "normals": 3.0, "edge": 50.0}
+# it; an explicit TrainConfig.loss_weights wins; runs.config_hash includes them, so changing them re-trains).
+# Chosen by a grid on the MTL baseline at the study schedule (normals 3/10/30 x edge 20/50, semseg and depth
+# 1, 96 epochs, one seed) scored by Δm on held-out tuning images (another render seed of the validation
+# split): `python benchmarks/task_weights.py --epochs 96 --normals 3 10 30 --edge 20 50` reproduces it.
+# Tuning Δm: 10/50 +2.84 %, 3/20 +1.61, 10/20 +1.04, 3/50 +0.79, 30/50 -0.83, 30/20 -4.56. The winner is
+# MTI-Net's official NYUD weights. An earlier 3-epoch grid had chosen normals 3: too short a schedule to
+# rank weights (05 shows how much Δm moves with them).
+LOSS_WEIGHTS = {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
 FOCAL_RATIO = 518.86 / 640  # NYUv2's Kinect: fx / image width (a ~63 degree horizontal field of view)
 
 
