@@ -102,8 +102,10 @@ def main() -> None:
 
     def config(label: str, tasks: tuple, seed: int):
         # the benchmark's own weights and the study's evaluation leave the config as the study builds it;
-        # anything else is explicit in the config (and so in its run-store hash)
-        fields = {} if weights == CHOSEN_WEIGHTS else {"loss_weights": {t: weights[t] for t in tasks}}
+        # anything else is explicit in the config (and so in its run-store hash); a single task trains
+        # at weight 1 whatever the weights (tasks.make_tasks)
+        explicit = weights != CHOSEN_WEIGHTS and len(tasks) > 1
+        fields = {"loss_weights": {t: weights[t] for t in tasks}} if explicit else {}
         if args.eval_every is not None:
             fields["eval_every"] = args.eval_every
         return experiments.base_config("full", model=MODELS[label], tasks=tasks, epochs=args.epochs,
