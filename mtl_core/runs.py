@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from .data import DATASETS
 from .data.cache import atomic_write, file_lock
-from .tasks import loss_convention
+from .tasks import default_weights
 from .train import TrainConfig, distributed_context, fit, make_dataset, resolved_precision, validate
 
 
@@ -56,16 +56,12 @@ MODEL_VERSIONS = {"ssd": 2, "flat_mtl": 2, "rock": 2}
 
 
 def dataset_loss_weights(config: TrainConfig) -> dict[str, float]:
-    """The loss weights a run takes from its dataset's code rather than from its config: the dataset's
-    own `loss_weights` (the synthetic benchmark's LOSS_WEIGHTS) for the tasks `config.loss_weights`
-    leaves to it, under the MTI-Net loss convention (tasks.make_tasks). They are part of the hash, so
-    that a change of LOSS_WEIGHTS re-trains the multi-task runs instead of reusing runs trained with
-    the old weights under a config that reads the same."""
-    dataset = DATASETS.get(config.dataset)
-    if dataset is None or loss_convention(config.tasks) != "mtinet" or len(config.tasks) == 1:
-        return {}  # a single task trains at weight 1 (tasks.make_tasks)
-    own = getattr(dataset, "loss_weights", {}) or {}
-    return {t: float(own[t]) for t in config.tasks if t in own and t not in config.loss_weights}
+    """The loss weights a run takes from code rather than from its config (tasks.default_weights: the
+    synthetic benchmark's LOSS_WEIGHTS, 1 for a single task) for the tasks `config.loss_weights` leaves
+    to them. They are part of the hash, so that a change of LOSS_WEIGHTS re-trains the runs that use
+    them instead of reusing runs trained with the old weights under a config that reads the same."""
+    defaults = default_weights(config.tasks, DATASETS.get(config.dataset))
+    return {t: w for t, w in defaults.items() if t not in config.loss_weights}
 
 
 def config_hash(config: TrainConfig) -> str:

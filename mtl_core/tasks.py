@@ -267,6 +267,20 @@ def make_task(name: str, num_classes: int | None = None, classes: Iterable[str] 
     return TaskSpec(name=name, classes=classes, **spec)
 
 
+def default_weights(names: Iterable[str], dataset=None) -> dict[str, float]:
+    """The loss weights a task set takes when its config names none: 1 for a single task, else (MTI-Net
+    convention only) `dataset`'s own `loss_weights`; the spec's for the tasks these leave out."""
+    names = list(names)
+    if len(names) == 1:
+        # one loss has no balance to strike: a single-task network trains its loss at weight 1, as the
+        # official MTI-Net code's single-task setups do (losses/loss_schemes.py, SingleTaskLoss: no weight)
+        return {names[0]: 1.0}
+    # a dataset's own weights were tuned for the MTI-Net losses; ROCK's losses keep ROCK's weights
+    if loss_convention(names) != "mtinet":
+        return {}
+    return {n: float(w) for n, w in (getattr(dataset, "loss_weights", None) or {}).items() if n in names}
+
+
 def make_tasks(names: Iterable[str], dataset=None,
                weights: dict[str, float] | None = None) -> dict[str, TaskSpec]:
     """Specs for `names`; class lists come from `dataset`'s classes / scene_classes / det_classes /
@@ -279,13 +293,7 @@ def make_tasks(names: Iterable[str], dataset=None,
         names = [names]
     names = list(names)
     convention = loss_convention(names)
-    # a dataset's own weights were tuned for the MTI-Net losses; ROCK's losses keep ROCK's weights
-    dataset_weights = getattr(dataset, "loss_weights", {}) if convention == "mtinet" else {}
-    if len(names) == 1:
-        # one loss has no balance to strike: a single-task network trains its loss at weight 1, as the
-        # official MTI-Net code's single-task setups do (losses/loss_schemes.py, SingleTaskLoss: no weight)
-        dataset_weights = {names[0]: 1.0}
-    weights = {**dataset_weights, **(weights or {})}
+    weights = {**default_weights(names, dataset), **(weights or {})}
     unknown = [n for n in names if n not in _SPECS]
     if unknown:
         raise ValueError(f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
