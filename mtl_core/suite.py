@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .data.cache import write_text_atomic
+from .data.cache import exit_with_parent, write_text_atomic
 from .profiles import PROFILES
 from .train import TrainConfig
 
@@ -463,21 +463,8 @@ def _start_training_process(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _exit_with_parent(os.getppid())
-
-
-def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
-    """End this pool process when the suite that started it is gone (killed, even with SIGKILL, which
-    leaves it no chance to stop its pool): an orphan would go on training and hold its run's lock, so
-    that a restarted suite waits on it. Its run resumes from the last finished epoch next time."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    # a killed suite's pool processes end with it (their runs resume from the last finished epoch)
+    exit_with_parent(os.getppid())
 
 
 def _train_run(config: TrainConfig, root: str, probe_every: int | None = None) -> tuple[bool, float, str]:

@@ -61,3 +61,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def survivors():
+    """A function: wait up to `timeout` s for processes `pids` to end; return (and kill) those still
+    running. A zombie (ended, not yet reaped by its new parent, init) counts as ended."""
+    import signal
+    import time
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+
+    def wait(pids, timeout: float = 30.0) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in pids if alive(p)]
+        for p in left:
+            os.kill(p, signal.SIGKILL)
+        return left
+
+    return wait

@@ -63,3 +63,38 @@ def test_waiting_for_a_held_lock_is_announced_once_and_then_blocks(tmp_path):
         order.append("first")  # the second is still blocked: it has announced, not entered
     thread.join(30)
     assert said == ["waiting"] and order == ["first", "second"] and not lock.exists()
+
+
+def test_render_workers_end_when_the_building_process_is_killed(tmp_path, survivors):
+    """A forked render worker holds every file its parent had open, the cache's lock (and a training
+    run's) among them: if it outlived a SIGKILLed build, the next build of that cache would wait on it
+    for ever. Each worker must notice on its own that its parent is gone."""
+    import signal
+    import subprocess
+    import sys
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = f"""
+import os, time
+from mtl_core.data.cache import build_or_load
+
+def render(i):
+    open(os.path.join({str(pids)!r}, str(os.getpid())), "w").close()
+    time.sleep(300)  # a long render
+    return {{}}
+
+if __name__ == "__main__":
+    build_or_load({str(tmp_path / "cache")!r}, "slow", {{"v": 1}}, 16, render, workers=2, progress=False)
+"""
+    (tmp_path / "builder.py").write_text(script)
+    builder = subprocess.Popen([sys.executable, str(tmp_path / "builder.py")], cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2, "the render workers did not start"
+    builder.send_signal(signal.SIGKILL)
+    builder.wait(30)
+
+    assert not survivors(workers), "render workers outlived the killed build"

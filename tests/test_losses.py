@@ -172,6 +172,31 @@ def test_semseg_loss_known_answer():
     assert known(semseg.loss, padded, {"semseg": labels}) == pytest.approx(math.log(32 / 3) / 3, rel=1e-6)
 
 
+@pytest.mark.parametrize("classes", [13, 40])  # the synthetic benchmark's, NYUD's
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_semseg_loss_and_gradient_match_the_official_formula_in_either_layout(classes, layout):
+    # the loss resizes with mtl_core.resize (not F.interpolate) and lays out its inputs for speed; value
+    # and gradient must be the official formula's (F.interpolate bilinear to the label size, then the
+    # mean over labelled pixels of -log_softmax over dim 1 at the label) in either layout
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, classes, 4, 5, generator=g)
+    labels = torch.randint(0, classes, (2, 8, 10), generator=g)
+    labels[0, :3] = 255
+    spec = make_tasks(["semseg"])["semseg"]
+
+    reference = logits.clone().requires_grad_(True)
+    up = F.interpolate(reference, size=(8, 10), mode="bilinear", align_corners=False)
+    picked = -F.log_softmax(up, dim=1).gather(1, labels.clamp(max=classes - 1)[:, None])[:, 0]
+    expected = picked[labels != 255].mean()
+    expected.backward()
+
+    pred = logits.contiguous(memory_format=layout).requires_grad_(True)
+    value = spec.loss(pred, {"semseg": labels})
+    value.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(pred.grad, reference.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_human_parts_loss_known_answer():
     # official SoftMaxwithLoss again, 3 classes on a 1x2 map:
     #   (0, 0, 0)    label 2: p = 1/3 -> ln 3

@@ -233,10 +233,9 @@ def test_the_affinity_probe_is_declared_and_trained_by_the_pool(tmp_path):
     assert stored.complete and stored.seconds == 0
 
 
-def test_pool_processes_end_when_the_suite_is_killed(tmp_path):
+def test_pool_processes_end_when_the_suite_is_killed(tmp_path, survivors):
     """SIGKILL gives the suite no chance to stop its pool: each pool process must notice on its own, or
     it would train on and hold its run's lock while a restarted suite waits for it."""
-    import os
     import signal
     import subprocess
     import sys
@@ -268,18 +267,4 @@ if __name__ == "__main__":
     parent.send_signal(signal.SIGKILL)
     parent.wait(30)
 
-    def alive(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        with open(f"/proc/{pid}/stat") as f:  # reaped by init, or a zombie waiting to be
-            return f.read().split()[2] != "Z"
-
-    deadline = time.monotonic() + 30
-    while alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    still = alive(worker)
-    if still:
-        os.kill(worker, signal.SIGKILL)
-    assert not still, "the pool process outlived the killed suite"
+    assert not survivors([worker]), "the pool process outlived the killed suite"

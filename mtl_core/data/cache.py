@@ -92,6 +92,22 @@ def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator
         handle.close()
 
 
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this worker process once process `parent`, which started it, is gone, even if the parent was
+    killed with SIGKILL and could not stop its workers. An orphaned worker would go on computing, and a
+    forked one keeps every file its parent had open, its run's and its cache's locks among them, so a
+    restarted suite or training would wait on it for ever. Used as the initializer of every worker pool
+    (the suite's training processes, the renderer's workers below)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _check(directory: Path, params: dict) -> str | None:
     """None if `directory` holds a complete cache for `params`, else the reason it does not."""
     meta_path = directory / "meta.json"
@@ -148,7 +164,8 @@ def _build(directory: Path, params: dict, num_samples: int, render: Callable[[in
                 pool = None
             else:
                 # fork keeps start-up cheap; the renderer is numpy-only, so forking is safe
-                pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"))
+                pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"),
+                                           initializer=exit_with_parent, initargs=(os.getpid(),))
                 results = pool.map(_render_chunk, [(render, c) for c in chunks])
             try:
                 for chunk, samples in zip(chunks, results, strict=True):

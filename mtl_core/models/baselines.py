@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..tasks import TaskSpec
-from .heads import DenseHead, SceneHead, upsample_to
+from .heads import DenseHead, SceneHead, prediction_to
 from .registry import build_model, check_input, register_model
 
 
@@ -64,7 +64,7 @@ class SharedEncoderMTL(nn.Module):
         out = {}
         for name, head in self.heads.items():
             if self.task_kinds[name] == "dense":
-                out[name] = upsample_to(head(shared), images.shape[-2:])
+                out[name] = prediction_to(head(shared), images.shape[-2:])
             else:
                 out[name] = head(maps[-1])
         out["deep"] = []

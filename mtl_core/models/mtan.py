@@ -56,7 +56,7 @@ from torch import nn
 
 from ..tasks import TaskSpec
 from .baselines import SharedEncoderMTL, require_task_kinds
-from .heads import upsample_to
+from .heads import prediction_to
 from .registry import check_input, register_model
 
 
@@ -140,7 +140,7 @@ class MTAN(SharedEncoderMTL):
         for i, (name, head) in enumerate(self.heads.items()):
             if self.task_kinds[name] == "dense":
                 own = torch.cat(pieces[i::n], dim=1)  # task i's maps at every scale
-                out[name] = upsample_to(head(own), images.shape[-2:])
+                out[name] = prediction_to(head(own), images.shape[-2:])
             else:
                 out[name] = head(self.split(attended[-1])[i])
         out["deep"] = []

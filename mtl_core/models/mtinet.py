@@ -22,7 +22,7 @@ from torch import nn
 
 from ..tasks import TaskSpec
 from .baselines import require_task_kinds
-from .heads import BasicBlock, DenseHead, SqueezeExcitation, concat_scales, upsample_to
+from .heads import BasicBlock, DenseHead, SqueezeExcitation, concat_scales, prediction_to, upsample_to
 from .padnet import InitialTaskPrediction, MultiModalDistillation
 from .registry import check_input, register_model
 
@@ -185,7 +185,7 @@ class MTINet(nn.Module):
             attention.append(gates)
 
         final = self.aggregation(scales)
-        out = {t: upsample_to(final[t], images.shape[-2:]) for t in self.main_tasks}
+        out = {t: prediction_to(final[t], images.shape[-2:]) for t in self.main_tasks}
         out["deep"] = predictions if self.deep_supervision else []
         if return_features:
             out["features"] = {"strides": self.strides, "initial": initial, "scales": scales,

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..tasks import TaskSpec
 from .baselines import require_task_kinds
-from .heads import BasicBlock, DenseHead, upsample_to
+from .heads import BasicBlock, DenseHead, prediction_to
 from .registry import check_input, register_model
 
 
@@ -121,7 +121,7 @@ class PADNet(nn.Module):
         shared = self.fusion(self.backbone.fuse(self.backbone(images)))
         initial, predictions = self.initial(shared)
         distilled, attention = self.distillation(initial)
-        out = {name: upsample_to(head(distilled[name]), images.shape[-2:])
+        out = {name: prediction_to(head(distilled[name]), images.shape[-2:])
                for name, head in self.heads.items()}
         out["deep"] = [predictions]
         if return_features:
